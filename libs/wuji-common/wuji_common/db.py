@@ -1,0 +1,159 @@
+"""Database plumbing shared by the services: engine set-up, the reliability tables, and the unit of work.
+
+Each service owns its own database. Every one of them carries the same three reliability tables,
+added to the service's own MetaData by :func:`add_reliability_tables` and created by that service's
+own Alembic history:
+
+- ``outbox``: events written in the same transaction as the data they describe (transactional outbox);
+- ``processed_events``: ``(consumer, event_id)`` of every event already handled, written in the same
+  transaction as the handler's effect, so a redelivered event is a key clash, not a second effect;
+- ``idempotency_keys``: the first result of every mutating call, so a retry returns it again.
+"""
+import json
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON, Column, DateTime, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
+    event, insert, select,
+)
+from sqlalchemy.orm import sessionmaker
+
+from wuji_common.events import make_event
+
+
+def utcnow():
+    return datetime.now(timezone.utc)
+
+
+def make_engine(url, **kwargs):
+    """An engine for a service database. SQLite gets WAL and a busy timeout so that the relay and the
+    handlers of one process don't trip over each other; PostgreSQL gets a pool sized for workers."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 5}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    if "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", 20)
+        kwargs.setdefault("max_overflow", 10)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def add_reliability_tables(metadata: MetaData):
+    """Add outbox, processed_events and idempotency_keys to a service's metadata; returns them."""
+    outbox = Table(
+        "outbox", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("event_id", String(36), nullable=False, unique=True),
+        Column("event_type", String(64), nullable=False),
+        Column("exchange", String(64), nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, default=utcnow),
+        # a relay instance claims a batch until this time; another instance takes over after it
+        Column("claimed_until", DateTime(timezone=True), nullable=True),
+        Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+    )
+    processed = Table(
+        "processed_events", metadata,
+        Column("consumer", String(128), primary_key=True),
+        Column("event_id", String(36), primary_key=True),
+        Column("processed_at", DateTime(timezone=True), nullable=False, default=utcnow),
+    )
+    idempotency = Table(
+        "idempotency_keys", metadata,
+        Column("operation", String(64), primary_key=True),
+        Column("key", String(128), primary_key=True),
+        Column("result", JSON, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, default=utcnow),
+    )
+    return outbox, processed, idempotency
+
+
+class UnitOfWork:
+    """One transaction: the service's data, the events it raises and its dedup records commit or roll
+    back together. Rolls back unless :meth:`commit` is called. No framework imports: handlers take a
+    unit of work and are tested with SQLite or a fake."""
+
+    def __init__(self, session_factory, metadata, source, on_commit=None):
+        self._session_factory = session_factory
+        self._outbox = metadata.tables["outbox"]
+        self._processed = metadata.tables["processed_events"]
+        self._idempotency = metadata.tables["idempotency_keys"]
+        self.source = source
+        self._on_commit = on_commit
+        self.session = None
+        self.events = []
+
+    def __enter__(self):
+        self.session = self._session_factory()
+        self.events = []
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.session.rollback()
+        finally:
+            self.session.close()
+
+    def commit(self):
+        if self.events:
+            self.session.execute(insert(self._outbox), [
+                {"event_id": e["event_id"], "event_type": e["type"], "exchange": f"{e['source']}.events",
+                 "payload": json.dumps(e, ensure_ascii=False), "created_at": utcnow()}
+                for e in self.events
+            ])
+        self.session.commit()
+        emitted, self.events = self.events, []
+        if emitted and self._on_commit:
+            self._on_commit(emitted)
+        return emitted
+
+    # --- events out ------------------------------------------------------------------------------
+    def emit(self, event_type, case_no, data):
+        """Raise an event; it is written to the outbox at commit and published by the relay."""
+        envelope = make_event(event_type, case_no, data, source=self.source)
+        self.events.append(envelope)
+        return envelope
+
+    # --- events in -------------------------------------------------------------------------------
+    def first_delivery(self, consumer, event_id):
+        """True the first time ``consumer`` sees ``event_id``; records it in this transaction.
+        A concurrent duplicate loses on the primary key at commit and is retried, then dropped."""
+        seen = self.session.execute(
+            select(self._processed.c.event_id).where(
+                self._processed.c.consumer == consumer, self._processed.c.event_id == event_id)
+        ).first()
+        if seen:
+            return False
+        self.session.execute(insert(self._processed).values(
+            consumer=consumer, event_id=event_id, processed_at=utcnow()))
+        return True
+
+    # --- idempotent calls ------------------------------------------------------------------------
+    def recall(self, operation, key):
+        """The stored result of an earlier call with this idempotency key, or None."""
+        if not key:
+            return None
+        row = self.session.execute(
+            select(self._idempotency.c.result).where(
+                self._idempotency.c.operation == operation, self._idempotency.c.key == key)
+        ).first()
+        return row[0] if row else None
+
+    def remember(self, operation, key, result):
+        if key:
+            self.session.execute(insert(self._idempotency).values(
+                operation=operation, key=key, result=result, created_at=utcnow()))
+        return result
+
+
+def session_factory(engine):
+    return sessionmaker(engine, expire_on_commit=False)

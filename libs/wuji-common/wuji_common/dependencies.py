@@ -1,0 +1,166 @@
+"""Nameko dependency providers shared by the services.
+
+- :class:`Database` gives a worker a unit-of-work factory and runs the outbox relay in the container.
+- :class:`MetricsExporter` serves ``/metrics`` on the service's own port from a green thread of its
+  own, so a scrape is answered even when every worker is busy.
+- :class:`BoundedRpcProxy` is nameko's RpcProxy with a time bound and a message expiry.
+"""
+import logging
+import time
+import weakref
+
+import eventlet
+from eventlet.event import Event
+from nameko.extensions import DependencyProvider
+from nameko.rpc import RpcProxy, ServiceProxy
+from prometheus_client import start_http_server
+
+from wuji_common import metrics
+from wuji_common.db import UnitOfWork, make_engine, session_factory
+from wuji_common.errors import EXPECTED, RpcTimeout
+from wuji_common.relay import BatchPublisher, OutboxRelay
+
+log = logging.getLogger(__name__)
+
+
+class Database(DependencyProvider):
+    """Unit of work + transactional outbox relay for one service database.
+
+    Config: ``DB_URL``; ``OUTBOX_POLL_SECONDS`` (default 1) for rows left by a crash or another
+    instance; a commit that emitted events wakes the relay at once.
+    """
+
+    def __init__(self, metadata):
+        self.metadata = metadata
+
+    def setup(self):
+        config = self.container.config
+        self.engine = make_engine(config["DB_URL"])
+        self.session_factory = session_factory(self.engine)
+        self.source = self.container.service_name
+        self.poll_seconds = float(config.get("OUTBOX_POLL_SECONDS", 1))
+        self.relay = OutboxRelay(self.engine, self.metadata.tables["outbox"],
+                                 BatchPublisher(config["AMQP_URI"]))
+        self._wake = Event()
+        self._running = False
+
+    def start(self):
+        self._running = True
+        self._thread = self.container.spawn_managed_thread(self._relay_forever)
+
+    def stop(self):
+        self._running = False
+        self._poke()
+        if getattr(self, "_thread", None) is not None:
+            self._thread.wait()
+        self.relay.publisher.close()
+        self.engine.dispose()
+
+    def kill(self):
+        self._running = False
+        self.relay.publisher.close()
+
+    def _poke(self, _events=None):
+        if not self._wake.ready():
+            self._wake.send(True)
+
+    def _relay_forever(self):
+        service = self.source
+        while self._running:
+            with eventlet.Timeout(self.poll_seconds, False):
+                self._wake.wait()
+            self._wake = Event()
+            try:
+                while self._running:
+                    published = self.relay.publish_pending()
+                    metrics.OUTBOX_PUBLISHED.labels(service).inc(published)
+                    if published < self.relay.batch_size:
+                        break
+                backlog, age = self.relay.backlog()
+                metrics.OUTBOX_BACKLOG.labels(service).set(backlog)
+                metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)
+            except Exception:
+                # broker or database away: everything stays in the outbox and is retried
+                log.warning("outbox relay of %s failed; retrying", service, exc_info=True)
+                eventlet.sleep(min(5.0, self.poll_seconds * 2))
+
+    def get_dependency(self, worker_ctx):
+        def unit_of_work():
+            return UnitOfWork(self.session_factory, self.metadata, self.source, on_commit=self._poke)
+        return unit_of_work
+
+
+_exporters_started = {}
+
+
+class MetricsExporter(DependencyProvider):
+    """Counts every entrypoint call by outcome and latency and serves ``/metrics``.
+
+    Config: ``METRICS_PORT`` (0 or absent: not served; several containers in one process share one
+    registry, so the first to bind a port serves them all), ``METRICS_ADDRESS`` (default 127.0.0.1).
+    """
+
+    def setup(self):
+        self.service = self.container.service_name
+        self.started = weakref.WeakKeyDictionary()
+        port = int(self.container.config.get("METRICS_PORT", 0) or 0)
+        address = self.container.config.get("METRICS_ADDRESS", "127.0.0.1")
+        if port and (address, port) not in _exporters_started:
+            _exporters_started[(address, port)] = start_http_server(port, addr=address)
+
+    def get_dependency(self, worker_ctx):
+        return None
+
+    def worker_setup(self, worker_ctx):
+        self.started[worker_ctx] = time.perf_counter()
+        metrics.WORKERS_BUSY.labels(self.service).inc()
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None):
+        entrypoint = worker_ctx.entrypoint
+        kind = type(entrypoint).__name__.lower()
+        name = entrypoint.method_name
+        started = self.started.pop(worker_ctx, None)
+        metrics.WORKERS_BUSY.labels(self.service).dec()
+        if exc_info is None:
+            outcome = "ok"
+        else:
+            expected = getattr(entrypoint, "expected_exceptions", ()) or ()
+            outcome = "expected_error" if isinstance(exc_info[1], tuple(expected) or EXPECTED) \
+                else "error"
+        metrics.ENTRYPOINT_CALLS.labels(self.service, name, kind, outcome).inc()
+        if started is not None:
+            metrics.ENTRYPOINT_LATENCY.labels(self.service, name, kind).observe(
+                time.perf_counter() - started)
+
+
+class _BoundedServiceProxy:
+    def __init__(self, proxy, timeout):
+        self._proxy = proxy
+        self._timeout = timeout
+
+    def __getattr__(self, method_name):
+        method = getattr(self._proxy, method_name)
+
+        def call(*args, **kwargs):
+            reply = method.call_async(*args, **kwargs)
+            try:
+                with eventlet.Timeout(self._timeout):
+                    return reply.result()
+            except eventlet.Timeout:
+                raise RpcTimeout(f"{self._proxy.service_name}.{method_name} did not answer "
+                                 f"within {self._timeout}s")
+        return call
+
+
+class BoundedRpcProxy(RpcProxy):
+    """RpcProxy whose calls give up after ``timeout`` seconds; the request message expires too, so
+    a stopped service does not run stale calls when it starts again."""
+
+    def __init__(self, target_service, timeout=5.0, **options):
+        options.setdefault("expiration", timeout)
+        super().__init__(target_service, **options)
+        self.timeout = timeout
+
+    def get_dependency(self, worker_ctx):
+        proxy = ServiceProxy(worker_ctx, self.target_service, self.rpc_reply_listener, **self.options)
+        return _BoundedServiceProxy(proxy, self.timeout)

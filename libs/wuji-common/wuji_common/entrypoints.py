@@ -1,0 +1,96 @@
+"""A reliable event handler: failures are retried after a delay, then dead-lettered — never dropped.
+
+nameko's own ``event_handler`` acks and forgets a message whose handler raised
+(``requeue_on_error=False``), or requeues it in a hot loop (``True``). This one republishes the failed
+message to a delay queue whose TTL dead-letters it back onto the handler's queue, up to
+``len(EVENT_RETRY_DELAYS)`` times, and then to ``<queue>.dead`` for ops to inspect and replay. The
+original is acked only after the copy is confirmed by the broker.
+
+Queues, per handler (nameko's name ``evt-<source>-<type>--<service>.<method>``):
+    <queue>                the handler's queue (durable)
+    <queue>.retry.<n>      delay queue n: x-message-ttl = EVENT_RETRY_DELAYS[n-1] seconds
+    <queue>.dead           dead letters
+"""
+import logging
+
+from kombu import Connection, Exchange, Queue
+from nameko.amqp.publish import Publisher
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.events import EventHandler
+
+from wuji_common import metrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRY_DELAYS = (1, 5, 30)
+ATTEMPT_HEADER = "x-wuji-attempt"
+
+
+def retry_queues(queue_name, delays):
+    default = Exchange("", type="direct")
+    queues = [
+        Queue(f"{queue_name}.retry.{n}", exchange=default, routing_key=f"{queue_name}.retry.{n}",
+              durable=True, queue_arguments={
+                  "x-message-ttl": int(delay * 1000),
+                  "x-dead-letter-exchange": "",
+                  "x-dead-letter-routing-key": queue_name,
+              })
+        for n, delay in enumerate(delays, start=1)
+    ]
+    queues.append(Queue(f"{queue_name}.dead", exchange=default, routing_key=f"{queue_name}.dead",
+                        durable=True))
+    return queues
+
+
+class ReliableEventHandler(EventHandler):
+
+    def setup(self):
+        super().setup()
+        config = self.container.config
+        self.delays = tuple(config.get("EVENT_RETRY_DELAYS", DEFAULT_RETRY_DELAYS))
+        self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
+        self.publisher = Publisher(self.amqp_uri, use_confirms=True)
+        with Connection(self.amqp_uri) as conn:
+            for queue in retry_queues(self.queue.name, self.delays):
+                queue(conn.default_channel).declare()
+
+    @property
+    def consumer_name(self):
+        return f"{self.container.service_name}.{self.method_name}"
+
+    def handle_message_processed(self, message, result=None, exc_info=None):
+        if exc_info is not None:
+            try:
+                self._retry_or_dead_letter(message, exc_info)
+            except Exception:
+                # could not park the copy: leave the message unacked for redelivery instead of losing it
+                log.exception("could not park failed event; requeueing")
+                self.queue_consumer.requeue_message(message)
+                return
+        self.queue_consumer.ack_message(message)
+
+    def _retry_or_dead_letter(self, message, exc_info):
+        headers = dict(message.headers or {})
+        attempt = int(headers.get(ATTEMPT_HEADER, 0)) + 1
+        headers[ATTEMPT_HEADER] = attempt
+        service = self.container.service_name
+        exc = exc_info[1]
+        # type and a short message only: exception text must not carry personal data
+        headers["x-wuji-error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if attempt <= len(self.delays):
+            target = f"{self.queue.name}.retry.{attempt}"
+            metrics.EVENTS_RETRIED.labels(service, self.consumer_name).inc()
+            log.warning("%s failed on attempt %d (%s); retry in %ss", self.consumer_name, attempt,
+                        type(exc).__name__, self.delays[attempt - 1])
+        else:
+            target = f"{self.queue.name}.dead"
+            metrics.EVENTS_DEAD_LETTERED.labels(service, self.consumer_name).inc()
+            log.error("%s failed %d times (%s); dead-lettered to %s", self.consumer_name, attempt,
+                      type(exc).__name__, target)
+        self.publisher.publish(
+            message.body, exchange="", routing_key=target, headers=headers, serializer=None,
+            content_type=message.content_type, content_encoding=message.content_encoding,
+            message_id=message.properties.get("message_id"), mandatory=True)
+
+
+event_handler = ReliableEventHandler.decorator

@@ -1,0 +1,171 @@
+"""The event catalogue: every event the platform publishes, its envelope and its payload schema.
+
+Events are public API for integrators: names are past tense, in the domain's words, and never carry
+personal data (name, phone, ID number, precise address). Each is published to the topic exchange
+``<source>.events`` with the event type as routing key, as a JSON object:
+
+    {"event_id", "type", "version", "occurred_at", "case_no", "source", "data": {...}}
+"""
+import uuid
+from datetime import datetime, timezone
+
+from marshmallow import Schema, fields, validate
+
+CHANNELS = ("wechat", "web", "hotline", "walk_in", "grid_patrol", "video")
+ORDER_STATUSES = ("dispatched", "accepted", "returned", "resolved", "reopened", "closed")
+SATISFACTION = ("satisfied", "basically_satisfied", "unsatisfied")
+
+
+class EnvelopeSchema(Schema):
+    event_id = fields.String(required=True)
+    type = fields.String(required=True)
+    version = fields.Integer(required=True)
+    occurred_at = fields.String(required=True)  # ISO 8601, UTC
+    case_no = fields.String(required=True, allow_none=True)
+    source = fields.String(required=True)
+    data = fields.Dict(required=True)
+
+
+# --- payloads -----------------------------------------------------------------------------------
+
+class AppealReceived(Schema):
+    """intake: a citizen's appeal was registered (一次登记)."""
+    channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
+    title = fields.String(required=True)
+    content = fields.String(required=True)
+    town_code = fields.String(required=True)
+    village_code = fields.String(allow_none=True, load_default=None)
+    anonymous = fields.Boolean(required=True)
+    # keyed hash (HMAC) of the phone / ID number: lets triage link repeats without the plain value
+    citizen_ref = fields.String(allow_none=True, load_default=None)
+    received_at = fields.String(required=True)
+    attachments = fields.List(fields.String(), load_default=list)
+
+
+class OrderEvent(Schema):
+    """Common part of every work-order (工单) event."""
+    order_no = fields.String(required=True)
+    unit_code = fields.String(required=True)
+    town_code = fields.String(required=True)
+    category = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(ORDER_STATUSES))
+
+
+class OrderDispatched(OrderEvent):
+    """triage: a work order was routed to a unit (派单), with its deadlines (限时办结)."""
+    unit_name = fields.String(required=True)
+    level = fields.String(required=True)  # grid | town | district
+    accept_due_at = fields.String(required=True)
+    resolve_due_at = fields.String(required=True)
+    policy = fields.String(required=True)
+    router_version = fields.String(required=True)
+    confidence = fields.Float(allow_none=True, load_default=None)
+    title = fields.String(required=True)
+
+
+class OrderAccepted(OrderEvent):
+    """triage: the unit reported in / signed for the order (部门报到/签收)."""
+    accepted_at = fields.String(required=True)
+    within_deadline = fields.Boolean(required=True)
+
+
+class OrderReturned(OrderEvent):
+    """triage: the unit returned the order as not its own (退单); it is routed again."""
+    reason = fields.String(required=True)
+
+
+class OrderProgressed(OrderEvent):
+    """triage: the unit recorded progress (办理进展)."""
+    note = fields.String(required=True)
+
+
+class OrderResolved(OrderEvent):
+    """triage: the unit finished handling (办结)."""
+    resolution = fields.String(required=True)
+    resolved_at = fields.String(required=True)
+    within_deadline = fields.Boolean(required=True)
+
+
+class AppealRated(Schema):
+    """intake: the citizen rated the handling (评价反馈)."""
+    satisfaction = fields.String(required=True, validate=validate.OneOf(SATISFACTION))
+    comment = fields.String(allow_none=True, load_default=None)
+    rated_at = fields.String(required=True)
+
+
+class OrderReopened(OrderEvent):
+    """triage: an unsatisfied rating sent the order back to the same unit (返工)."""
+    reopen_count = fields.Integer(required=True)
+    resolve_due_at = fields.String(required=True)
+
+
+class OrderClosed(OrderEvent):
+    """triage: the loop is closed (结案)."""
+    satisfaction = fields.String(allow_none=True, load_default=None)
+    closed_at = fields.String(required=True)
+
+
+class WhistleBlown(Schema):
+    """enforcement: a town blew the whistle (吹哨) and opened a joint operation."""
+    operation_id = fields.String(required=True)
+    order_no = fields.String(allow_none=True, load_default=None)
+    town_code = fields.String(required=True)
+    violation_type = fields.String(required=True)
+    forces = fields.List(fields.String(), required=True)
+    report_in_due_at = fields.String(required=True)
+
+
+class ForceReportedIn(Schema):
+    """enforcement: a called force reported in (报到)."""
+    operation_id = fields.String(required=True)
+    force_code = fields.String(required=True)
+    team = fields.String(required=True)
+    within_deadline = fields.Boolean(required=True)
+
+
+class OperationCompleted(Schema):
+    """enforcement: the joint operation finished, with its outcome."""
+    operation_id = fields.String(required=True)
+    order_no = fields.String(allow_none=True, load_default=None)
+    town_code = fields.String(required=True)
+    outcome = fields.String(required=True)
+
+
+CATALOGUE = {
+    # event type: (source service, version, payload schema)
+    "appeal_received": ("intake", 1, AppealReceived),
+    "appeal_rated": ("intake", 1, AppealRated),
+    "order_dispatched": ("triage", 1, OrderDispatched),
+    "order_accepted": ("triage", 1, OrderAccepted),
+    "order_returned": ("triage", 1, OrderReturned),
+    "order_progressed": ("triage", 1, OrderProgressed),
+    "order_resolved": ("triage", 1, OrderResolved),
+    "order_reopened": ("triage", 1, OrderReopened),
+    "order_closed": ("triage", 1, OrderClosed),
+    "whistle_blown": ("enforcement", 1, WhistleBlown),
+    "force_reported_in": ("enforcement", 1, ForceReportedIn),
+    "operation_completed": ("enforcement", 1, OperationCompleted),
+}
+
+
+def now_iso():
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def make_event(event_type, case_no, data, source=None):
+    """Build an envelope; the payload is validated against the catalogue so a service cannot emit
+    something integrators were not promised (and an unknown field, e.g. a phone number, is refused)."""
+    catalogue_source, version, schema_cls = CATALOGUE[event_type]
+    schema = schema_cls()
+    errors = schema.validate(data)
+    if errors:
+        raise ValueError(f"event {event_type} payload invalid: {errors}")
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": event_type,
+        "version": version,
+        "occurred_at": now_iso(),
+        "case_no": case_no,
+        "source": source or catalogue_source,
+        "data": schema.dump(schema.load(data)),
+    }

@@ -1,0 +1,1 @@
+from wuji_common.errors import Forbidden, InvalidTransition, NotFound, ValidationError  # noqa: F401

@@ -1,0 +1,69 @@
+"""intake's database: appeals, citizens' contact data (kept apart so that it can be protected and
+erased on its own), the citizen-facing timeline, and the divisions used to validate locations."""
+from datetime import datetime
+
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from wuji_common.db import add_reliability_tables
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Appeal(Base):
+    __tablename__ = "appeals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_no: Mapped[str] = mapped_column(String(32), unique=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(200))
+    content: Mapped[str] = mapped_column(Text)
+    town_code: Mapped[str] = mapped_column(String(12), index=True)
+    village_code: Mapped[str | None] = mapped_column(String(12))
+    lat: Mapped[float | None] = mapped_column(Float)
+    lon: Mapped[float | None] = mapped_column(Float)
+    attachments: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of URLs
+    anonymous: Mapped[bool] = mapped_column(default=False)
+    citizen_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    tracking_token_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    unit_name: Mapped[str | None] = mapped_column(String(100))
+    satisfaction: Mapped[str | None] = mapped_column(String(24))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class CitizenContact(Base):
+    """Personal data (个人信息): read only by intake's masked staff view and by notify at send time."""
+    __tablename__ = "citizen_contacts"
+    case_no: Mapped[str] = mapped_column(ForeignKey("appeals.case_no"), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(64))
+    phone: Mapped[str | None] = mapped_column(String(20))
+    id_number: Mapped[str | None] = mapped_column(String(18))
+    email: Mapped[str | None] = mapped_column(String(254))
+    address: Mapped[str | None] = mapped_column(String(200))
+
+
+class TimelineEntry(Base):
+    """What the citizen sees: one line per step, in Chinese, without other people's data."""
+    __tablename__ = "timeline"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_no: Mapped[str] = mapped_column(ForeignKey("appeals.case_no"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(String(500))
+
+
+class Division(Base):
+    """Reference data: district, towns and villages (loaded by ``intake load-reference``)."""
+    __tablename__ = "divisions"
+    code: Mapped[str] = mapped_column(String(12), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    level: Mapped[str] = mapped_column(String(16))
+    parent_code: Mapped[str] = mapped_column(String(12))
+
+
+metadata = Base.metadata
+outbox, processed_events, idempotency_keys = add_reliability_tables(metadata)

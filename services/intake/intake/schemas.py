@@ -1,0 +1,99 @@
+"""intake's wire contract: what a citizen or a department system may send, and what it gets back."""
+import re
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
+
+from wuji_common.events import CHANNELS, SATISFACTION
+
+PHONE = re.compile(r"^(1[3-9]\d{9}|0\d{2,3}-?\d{7,8})$")  # mobile, or landline with area code
+ID_NUMBER = re.compile(r"^\d{17}[\dXx]$")
+ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+ID_CHECK = "10X98765432"
+
+
+def id_number_is_valid(value):
+    """GB 11643 check digit of an 18-digit resident ID number."""
+    if not ID_NUMBER.match(value):
+        return False
+    total = sum(int(d) * w for d, w in zip(value[:17], ID_WEIGHTS))
+    return ID_CHECK[total % 11] == value[17].upper()
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class CitizenSchema(Strict):
+    name = fields.String(required=True, validate=validate.Length(1, 64))
+    phone = fields.String(required=True, validate=validate.Regexp(PHONE, error="手机号或电话号码格式不正确"))
+    id_number = fields.String(load_default=None, allow_none=True)
+    email = fields.Email(load_default=None, allow_none=True, validate=validate.Length(max=254))
+
+    @validates("id_number")
+    def _check_id_number(self, value, **_):
+        if value is not None and not id_number_is_valid(value):
+            raise ValidationError("身份证号码格式或校验位不正确")
+
+
+class LocationSchema(Strict):
+    town_code = fields.String(required=True, validate=validate.Length(9, 9))
+    village = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=12))
+    address = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    lat = fields.Float(load_default=None, allow_none=True, validate=validate.Range(-90, 90))
+    lon = fields.Float(load_default=None, allow_none=True, validate=validate.Range(-180, 180))
+
+
+class AppealSubmissionSchema(Strict):
+    """``POST /api/v1/appeals`` and ``intake.submit_appeal``."""
+    channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
+    title = fields.String(required=True, validate=validate.Length(1, 100))
+    content = fields.String(required=True, validate=validate.Length(1, 5000))
+    citizen = fields.Nested(CitizenSchema, load_default=None, allow_none=True)
+    anonymous = fields.Boolean(load_default=False)
+    location = fields.Nested(LocationSchema, required=True)
+    attachments = fields.List(fields.Url(validate=validate.Length(max=500)), load_default=list,
+                              validate=validate.Length(max=10))
+
+    @validates_schema
+    def _citizen_or_anonymous(self, data, **_):
+        if not data.get("anonymous") and not data.get("citizen"):
+            raise ValidationError("实名诉求须填写诉求人信息，或选择匿名（anonymous: true）", "citizen")
+
+
+class RatingSchema(Strict):
+    satisfaction = fields.String(required=True, validate=validate.OneOf(SATISFACTION))
+    comment = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+
+
+class TimelineEntrySchema(Schema):
+    at = fields.DateTime()
+    status = fields.String()
+    text = fields.String()
+
+
+class PublicAppealSchema(Schema):
+    """What the citizen sees with their tracking token."""
+    case_no = fields.String()
+    title = fields.String()
+    status = fields.String()
+    status_text = fields.String()
+    received_at = fields.DateTime()
+    timeline = fields.List(fields.Nested(TimelineEntrySchema))
+    can_rate = fields.Boolean()
+
+
+class StaffAppealSchema(Schema):
+    """What staff see over RPC: personal data masked."""
+    case_no = fields.String()
+    channel = fields.String()
+    title = fields.String()
+    content = fields.String()
+    town_code = fields.String()
+    village_code = fields.String(allow_none=True)
+    anonymous = fields.Boolean()
+    status = fields.String()
+    satisfaction = fields.String(allow_none=True)
+    received_at = fields.DateTime()
+    citizen = fields.Dict(allow_none=True)  # masked name/phone/id_number
+    timeline = fields.List(fields.Nested(TimelineEntrySchema))

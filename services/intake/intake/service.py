@@ -1,0 +1,146 @@
+"""intake service: entrypoints only. Each turns a request or message into a call of a plain handler.
+
+HTTP (citizens, JSON, UTF-8):
+    POST /api/v1/appeals                      submit; optional Idempotency-Key header
+    GET  /api/v1/appeals/<case_no>            status + timeline; X-Tracking-Token header or ?token=
+    POST /api/v1/appeals/<case_no>/rating     rate a resolved appeal
+RPC (department systems): submit_appeal, get_appeal (masked), contact_for_notification (notify only).
+Events in: triage's order events, projected onto the citizen's timeline (at-least-once; duplicates
+dropped by event id). Events out (via the outbox): appeal_received, appeal_rated.
+"""
+import json
+
+from nameko.rpc import rpc
+from nameko.web.handlers import http
+from werkzeug.wrappers import Response
+
+from intake import handlers
+from intake.dependencies import CitizenKey, IntakeDatabase, MetricsExporter
+from wuji_common.entrypoints import event_handler
+from wuji_common.errors import EXPECTED, Forbidden, InvalidTransition, NotFound, ValidationError
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def json_response(status, body):
+    return Response(json.dumps(body, ensure_ascii=False), status=status,
+                    mimetype="application/json", content_type="application/json; charset=utf-8")
+
+
+def error_response(exc):
+    if isinstance(exc, ValidationError):
+        return json_response(400, {"error": "validation_error", "message": exc.message,
+                                   "fields": exc.fields})
+    if isinstance(exc, NotFound):
+        return json_response(404, {"error": "not_found", "message": str(exc.args[0])})
+    if isinstance(exc, InvalidTransition):
+        return json_response(409, {"error": "invalid_state", "message": str(exc.args[0])})
+    if isinstance(exc, Forbidden):
+        return json_response(403, {"error": "forbidden", "message": str(exc.args[0])})
+    raise exc
+
+
+def read_json(request):
+    """The request body as JSON, or a ValidationError naming what is wrong with it."""
+    if request.content_length and request.content_length > MAX_BODY_BYTES:
+        raise ValidationError("请求体过大", {"_body": [f"不得超过 {MAX_BODY_BYTES} 字节"]})
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ValidationError("请求体过大", {"_body": [f"不得超过 {MAX_BODY_BYTES} 字节"]})
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("请求体必须是 UTF-8 编码", {"_body": ["not UTF-8"]}) from None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise ValidationError("请求体不是合法的 JSON", {"_body": ["invalid JSON"]}) from None
+    if not isinstance(body, dict):
+        raise ValidationError("请求体必须是 JSON 对象", {"_body": ["must be an object"]})
+    return body
+
+
+def tracking_token(request):
+    return request.headers.get("X-Tracking-Token") or request.args.get("token")
+
+
+class IntakeService:
+    name = "intake"
+
+    uow = IntakeDatabase()
+    citizen_key = CitizenKey()
+    metrics = MetricsExporter()
+
+    # --- HTTP: citizens -------------------------------------------------------------------------
+    @http("POST", "/api/v1/appeals", expected_exceptions=EXPECTED)
+    def post_appeal(self, request):
+        try:
+            result = handlers.submit_appeal(self.uow(), read_json(request),
+                                            request.headers.get("Idempotency-Key"), self.citizen_key)
+        except EXPECTED as exc:
+            return error_response(exc)
+        return json_response(201, result)
+
+    @http("GET", "/api/v1/appeals/<string:case_no>", expected_exceptions=EXPECTED)
+    def get_appeal_public(self, request, case_no):
+        try:
+            return json_response(200, handlers.public_view(self.uow(), case_no, tracking_token(request)))
+        except EXPECTED as exc:
+            return error_response(exc)
+
+    @http("POST", "/api/v1/appeals/<string:case_no>/rating", expected_exceptions=EXPECTED)
+    def post_rating(self, request, case_no):
+        try:
+            result = handlers.rate_appeal(self.uow(), case_no, tracking_token(request), read_json(request),
+                                          request.headers.get("Idempotency-Key"))
+        except EXPECTED as exc:
+            return error_response(exc)
+        return json_response(200, result)
+
+    # --- RPC: department systems ---------------------------------------------------------------
+    @rpc(expected_exceptions=EXPECTED, sensitive_arguments=("appeal.citizen",))
+    def submit_appeal(self, appeal, idempotency_key=None):
+        """Register an appeal. A retry with the same idempotency_key returns the first result."""
+        return handlers.submit_appeal(self.uow(), appeal, idempotency_key, self.citizen_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def get_appeal(self, case_no):
+        """The case with its timeline; personal data masked."""
+        return handlers.staff_view(self.uow(), case_no)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def contact_for_notification(self, case_no):
+        """Plain contact data, for notify at send time only."""
+        return handlers.contact_for_notification(self.uow(), case_no)
+
+    # --- events: the order's progress, projected for the citizen -------------------------------
+    def _project(self, envelope, consumer):
+        handlers.apply_order_event(self.uow(), f"intake.{consumer}", envelope)
+
+    @event_handler("triage", "order_dispatched")
+    def on_order_dispatched(self, envelope):
+        self._project(envelope, "on_order_dispatched")
+
+    @event_handler("triage", "order_accepted")
+    def on_order_accepted(self, envelope):
+        self._project(envelope, "on_order_accepted")
+
+    @event_handler("triage", "order_returned")
+    def on_order_returned(self, envelope):
+        self._project(envelope, "on_order_returned")
+
+    @event_handler("triage", "order_progressed")
+    def on_order_progressed(self, envelope):
+        self._project(envelope, "on_order_progressed")
+
+    @event_handler("triage", "order_resolved")
+    def on_order_resolved(self, envelope):
+        self._project(envelope, "on_order_resolved")
+
+    @event_handler("triage", "order_reopened")
+    def on_order_reopened(self, envelope):
+        self._project(envelope, "on_order_reopened")
+
+    @event_handler("triage", "order_closed")
+    def on_order_closed(self, envelope):
+        self._project(envelope, "on_order_closed")
