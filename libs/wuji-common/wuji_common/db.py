@@ -25,9 +25,18 @@ def utcnow():
     return datetime.now(timezone.utc)
 
 
+def normalize_url(url):
+    """``postgresql://`` means psycopg2 here: SQLAlchemy 2.1 would pick psycopg 3, which blocks the
+    eventlet hub, while psycopg2 is made green by monkey patching."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
 def make_engine(url, **kwargs):
     """An engine for a service database. SQLite gets WAL and a busy timeout so that the relay and the
     handlers of one process don't trip over each other; PostgreSQL gets a pool sized for workers."""
+    url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 5}, **kwargs)
 

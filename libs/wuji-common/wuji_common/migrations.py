@@ -9,7 +9,7 @@ from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import pool
 
-from wuji_common.db import make_engine
+from wuji_common.db import make_engine, normalize_url
 
 
 def alembic_config(migrations_dir, url):
@@ -28,7 +28,7 @@ def ensure_database(url):
     """Create the PostgreSQL database named in ``url`` if it does not exist (one per service);
     SQLite creates its file itself, but its folder must exist."""
     from sqlalchemy.engine import make_url
-    u = make_url(url)
+    u = make_url(normalize_url(url))
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, pool, text
 
 AMQP_HOST = os.environ.get("WUJI_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
-PG_BASE = os.environ.get("WUJI_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+PG_BASE = os.environ.get("WUJI_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 
 
 def _rabbitmqctl(*args):

@@ -179,7 +179,7 @@ def apply_order_event(uow, consumer, envelope):
             appeal.unit_name = data["unit_name"]
         # queues of different event types are consumed concurrently: a late event must not turn
         # the status back (accepted arriving after resolved stays in the timeline only)
-        if status and at >= _aware(appeal.updated_at):
+        if status and at > _aware(appeal.updated_at):
             appeal.status = status
             appeal.updated_at = at
         appeal.version += 1

@@ -1,0 +1,69 @@
+"""Helpers for tests that watch the broker: bind a queue to events before they are published, read
+what arrived, and pick free ports."""
+import json
+import socket
+import time
+import uuid
+
+from kombu import Connection, Queue
+from nameko.standalone.events import get_event_exchange
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EventTap:
+    """A durable-enough test queue bound to some (source, event_type) pairs; ``wait_for`` collects
+    envelopes until a predicate holds or a timeout passes."""
+
+    def __init__(self, amqp_uri, *bindings):
+        self.amqp_uri = amqp_uri
+        self.name = f"test-tap-{uuid.uuid4().hex[:8]}"
+        self.conn = Connection(amqp_uri)
+        channel = self.conn.channel()
+        self.queue = Queue(self.name, auto_delete=False, durable=False, channel=channel)
+        self.queue.declare()
+        for source, event_type in bindings:
+            exchange = get_event_exchange(source, {})
+            exchange(channel).declare()
+            self.queue.bind_to(exchange=exchange.name, routing_key=event_type)
+        self.received = []
+
+    def drain(self):
+        while True:
+            message = self.queue.get(no_ack=True)
+            if message is None:
+                return self.received
+            self.received.append(json.loads(message.body))
+
+    def wait_for(self, predicate, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.drain()
+            if predicate(self.received):
+                return self.received
+            time.sleep(0.05)
+        raise AssertionError(f"timed out; received {[e['type'] for e in self.received]}")
+
+    def of_type(self, event_type):
+        return [e for e in self.received if e["type"] == event_type]
+
+    def close(self):
+        try:
+            self.queue.delete()
+        finally:
+            self.conn.release()
+
+
+def publish_event(amqp_uri, envelope):
+    """Publish an envelope as the relay does (JSON, persistent, to ``<source>.events``)."""
+    with Connection(amqp_uri) as conn:
+        producer = conn.Producer()
+        exchange = get_event_exchange(envelope["source"], {})
+        producer.publish(json.dumps(envelope, ensure_ascii=False).encode("utf-8"), exchange=exchange,
+                         routing_key=envelope["type"], content_type="application/json",
+                         content_encoding="utf-8", delivery_mode=2, declare=[exchange],
+                         message_id=envelope["event_id"])

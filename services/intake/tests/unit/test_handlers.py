@@ -1,0 +1,157 @@
+"""intake's use cases against a real database (SQLite and PostgreSQL), no broker."""
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from intake import domain, handlers
+from intake.models import Appeal, CitizenContact, outbox
+from wuji_common.errors import InvalidTransition, NotFound, ValidationError
+
+
+def outbox_events(uow_factory):
+    with uow_factory() as uow:
+        return [json.loads(p) for p in uow.session.execute(select(outbox.c.payload)).scalars()]
+
+
+def test_submit_registers_the_appeal_and_raises_appeal_received(intake_db, appeal_payload):
+    _, uow = intake_db
+    result = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")
+    assert result["case_no"].startswith("YC") and len(result["case_no"]) == 16
+    assert result["status"] == "received" and len(result["tracking_token"]) >= 20
+    [event] = outbox_events(uow)
+    assert event["type"] == "appeal_received" and event["case_no"] == result["case_no"]
+    assert event["data"]["town_code"] == "370404101"
+    assert event["data"]["citizen_ref"] == domain.citizen_ref("k", "13812345678", "11010519491231002X")
+
+
+def test_events_carry_no_personal_data(intake_db, appeal_payload):
+    _, uow = intake_db
+    handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")
+    text = json.dumps(outbox_events(uow), ensure_ascii=False)
+    for secret in ("张三", "13812345678", "11010519491231002X", "金寺村东头12号"):
+        assert secret not in text
+
+
+def test_idempotency_key_returns_the_first_result_and_writes_once(intake_db, appeal_payload):
+    _, uow = intake_db
+    first = handlers.submit_appeal(uow(), appeal_payload, "key-1", "k")
+    again = handlers.submit_appeal(uow(), appeal_payload, "key-1", "k")
+    assert again == first
+    with uow() as u:
+        assert len(u.session.execute(select(Appeal)).all()) == 1
+    assert len(outbox_events(uow)) == 1
+
+
+@pytest.mark.parametrize("mutate, field_path", [
+    (lambda p: p.pop("title"), ("title",)),
+    (lambda p: p.update(title="长" * 101), ("title",)),
+    (lambda p: p.update(channel="fax"), ("channel",)),
+    (lambda p: p["citizen"].update(phone="12345"), ("citizen", "phone")),
+    (lambda p: p["citizen"].update(id_number="110105194912310021"), ("citizen", "id_number")),
+    (lambda p: p["location"].update(town_code="370404999"), ("location", "town_code")),
+    (lambda p: p["location"].update(village="370404102201"), ("location", "village")),
+    (lambda p: p.update(content=123), ("content",)),
+    (lambda p: p.pop("citizen"), ("citizen",)),
+    (lambda p: p.update(extra="x"), ("extra",)),
+])
+def test_bad_input_names_the_field_and_writes_nothing(intake_db, appeal_payload, mutate, field_path):
+    _, uow = intake_db
+    mutate(appeal_payload)
+    with pytest.raises(ValidationError) as err:
+        handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")
+    node = err.value.fields
+    for key in field_path:
+        assert key in node, err.value.fields
+        node = node[key]
+    with uow() as u:
+        assert u.session.execute(select(Appeal)).first() is None
+    assert outbox_events(uow) == []
+
+
+def test_anonymous_appeal_keeps_no_contact(intake_db, appeal_payload):
+    _, uow = intake_db
+    appeal_payload.pop("citizen")
+    appeal_payload["anonymous"] = True
+    appeal_payload["location"].pop("address")
+    result = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")
+    with uow() as u:
+        assert u.session.get(CitizenContact, result["case_no"]) is None
+    assert handlers.staff_view(uow(), result["case_no"])["citizen"] is None
+    [event] = outbox_events(uow)
+    assert event["data"]["anonymous"] is True and event["data"]["citizen_ref"] is None
+
+
+def test_staff_view_masks_personal_data(intake_db, appeal_payload):
+    _, uow = intake_db
+    case_no = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")["case_no"]
+    citizen = handlers.staff_view(uow(), case_no)["citizen"]
+    assert citizen == {"name": "张*", "phone": "138****5678", "id_number": "1101**********002X"}
+
+
+def test_public_view_needs_the_right_token(intake_db, appeal_payload):
+    _, uow = intake_db
+    r = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")
+    view = handlers.public_view(uow(), r["case_no"], r["tracking_token"])
+    assert view["status_text"] == "已受理" and view["timeline"][0]["text"] == "您的诉求已登记受理"
+    assert "citizen" not in view
+    with pytest.raises(NotFound):
+        handlers.public_view(uow(), r["case_no"], "wrong")
+    with pytest.raises(NotFound):
+        handlers.public_view(uow(), "YC20000101000001", r["tracking_token"])
+
+
+def order_event(case_no, event_type, **data):
+    from wuji_common.events import make_event
+    base = {"order_no": "GD1", "unit_code": "grid-370404101201", "town_code": "370404101",
+            "category": "道路", "status": "dispatched"}
+    extra = {
+        "order_dispatched": {"unit_name": "金寺村网格员", "level": "grid", "accept_due_at": "x",
+                             "resolve_due_at": "x", "policy": "p", "router_version": "r", "title": "t"},
+        "order_accepted": {"status": "accepted", "accepted_at": "x", "within_deadline": True},
+        "order_resolved": {"status": "resolved", "resolution": "已修复", "resolved_at": "x",
+                           "within_deadline": True},
+    }[event_type]
+    return make_event(event_type, case_no, {**base, **extra, **data})
+
+
+def test_rating_follows_the_order_to_resolution(intake_db, appeal_payload):
+    _, uow = intake_db
+    r = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")
+    case_no, token = r["case_no"], r["tracking_token"]
+    with pytest.raises(InvalidTransition):
+        handlers.rate_appeal(uow(), case_no, token, {"satisfaction": "satisfied"})
+    for event_type in ("order_dispatched", "order_accepted", "order_resolved"):
+        assert handlers.apply_order_event(uow(), "intake.test", order_event(case_no, event_type))
+    view = handlers.public_view(uow(), case_no, token)
+    assert view["status"] == "resolved" and view["can_rate"]
+    assert "已派至金寺村网格员办理" in [t["text"] for t in view["timeline"]]
+    with pytest.raises(ValidationError) as err:
+        handlers.rate_appeal(uow(), case_no, token, {"satisfaction": "meh"})
+    assert "satisfaction" in err.value.fields
+    rated = handlers.rate_appeal(uow(), case_no, token, {"satisfaction": "unsatisfied"}, "r1")
+    assert handlers.rate_appeal(uow(), case_no, token, {"satisfaction": "unsatisfied"}, "r1") == rated
+    assert [e["type"] for e in outbox_events(uow)] == ["appeal_received", "appeal_rated"]
+
+
+def test_duplicate_order_event_is_applied_once(intake_db, appeal_payload):
+    _, uow = intake_db
+    case_no = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")["case_no"]
+    event = order_event(case_no, "order_dispatched")
+    assert handlers.apply_order_event(uow(), "intake.test", event) is True
+    assert handlers.apply_order_event(uow(), "intake.test", event) is False
+    assert len(handlers.staff_view(uow(), case_no)["timeline"]) == 2
+
+
+def test_a_late_event_does_not_turn_the_status_back(intake_db, appeal_payload):
+    _, uow = intake_db
+    case_no = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")["case_no"]
+    accepted = order_event(case_no, "order_accepted")
+    resolved = order_event(case_no, "order_resolved")
+    soon = datetime.now(timezone.utc)
+    accepted["occurred_at"] = (soon + timedelta(hours=1)).isoformat()
+    resolved["occurred_at"] = (soon + timedelta(hours=2)).isoformat()
+    handlers.apply_order_event(uow(), "intake.test", resolved)
+    handlers.apply_order_event(uow(), "intake.test", accepted)  # older, delivered later
+    assert handlers.staff_view(uow(), case_no)["status"] == "resolved"
