@@ -123,6 +123,16 @@ class ForceReportedIn(Schema):
     within_deadline = fields.Boolean(required=True)
 
 
+class ForceReportInOverdue(Schema):
+    """enforcement: a called force had not reported in by its deadline (报到超时); marked once."""
+    operation_id = fields.String(required=True)
+    order_no = fields.String(allow_none=True, load_default=None)
+    town_code = fields.String(required=True)
+    force_code = fields.String(required=True)
+    report_in_due_at = fields.String(required=True)
+    marked_at = fields.String(required=True)
+
+
 class OperationCompleted(Schema):
     """enforcement: the joint operation finished, with its outcome."""
     operation_id = fields.String(required=True)
@@ -145,6 +155,7 @@ CATALOGUE = {
     "whistle_blown": ("enforcement", 1, WhistleBlown),
     "force_reported_in": ("enforcement", 1, ForceReportedIn),
     "operation_completed": ("enforcement", 1, OperationCompleted),
+    "force_report_in_overdue": ("enforcement", 1, ForceReportInOverdue),
 }
 
 
