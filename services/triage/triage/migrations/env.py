@@ -1,0 +1,4 @@
+from triage.models import metadata
+from wuji_common.migrations import run_env
+
+run_env(metadata)

@@ -1,0 +1,116 @@
+"""triage's database: reference divisions and units, the appeals as triage received them, work orders
+(工单) with their progress notes, and the reliability tables."""
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from wuji_common.db import add_reliability_tables
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Division(Base):
+    """Reference data: district, towns and villages (loaded by ``triage load-reference``)."""
+    __tablename__ = "divisions"
+    code: Mapped[str] = mapped_column(String(12), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    level: Mapped[str] = mapped_column(String(16))
+    parent_code: Mapped[str] = mapped_column(String(12))
+
+
+class Unit(Base):
+    """Reference data: who can be handed an order — departments, town offices, grid workers and the
+    command centre."""
+    __tablename__ = "units"
+    code: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    type: Mapped[str] = mapped_column(String(32))
+    town_code: Mapped[str | None] = mapped_column(String(12))
+    village_code: Mapped[str | None] = mapped_column(String(12))
+
+
+class Appeal(Base):
+    """The appeal as intake announced it (no personal data): what routing and re-routing read."""
+    __tablename__ = "appeals"
+    case_no: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(200))
+    content: Mapped[str] = mapped_column(Text)
+    town_code: Mapped[str] = mapped_column(String(12))
+    village_code: Mapped[str | None] = mapped_column(String(12))
+    citizen_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WorkOrder(Base):
+    """A work order (工单): one unit's charge to handle an appeal. An appeal has exactly one active
+    order; a returned order stays as history and its successor carries the case on."""
+    __tablename__ = "work_orders"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    order_no: Mapped[str] = mapped_column(String(40), unique=True)
+    case_no: Mapped[str] = mapped_column(ForeignKey("appeals.case_no"), index=True)
+    unit_code: Mapped[str] = mapped_column(String(40))
+    unit_name: Mapped[str] = mapped_column(String(100))
+    town_code: Mapped[str] = mapped_column(String(12))
+    village_code: Mapped[str | None] = mapped_column(String(12))
+    category: Mapped[str] = mapped_column(String(40))
+    category_name: Mapped[str] = mapped_column(String(40))
+    item: Mapped[str] = mapped_column(String(40))
+    item_name: Mapped[str] = mapped_column(String(40))
+    level: Mapped[str] = mapped_column(String(16))
+    co_handlers: Mapped[str] = mapped_column(String(400), default="")  # comma-separated unit codes
+    status: Mapped[str] = mapped_column(String(16))
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    policy: Mapped[str] = mapped_column(String(16))  # normal | urgent
+    # the limits the order was dispatched under, so a rework deadline does not depend on a later taxonomy
+    accept_hours: Mapped[float] = mapped_column(Float)
+    resolve_hours: Mapped[float] = mapped_column(Float)
+    accept_due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    resolve_due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    routing_basis: Mapped[str] = mapped_column(String(24))
+    taxonomy_version: Mapped[str] = mapped_column(String(40))
+    router_version: Mapped[str] = mapped_column(String(128))
+    reopen_count: Mapped[int] = mapped_column(Integer, default=0)
+    previous_order_no: Mapped[str | None] = mapped_column(String(40))
+    successor_order_no: Mapped[str | None] = mapped_column(String(40))
+    return_reason: Mapped[str | None] = mapped_column(String(500))
+    resolution: Mapped[str | None] = mapped_column(Text)
+    satisfaction: Mapped[str | None] = mapped_column(String(24))
+    dispatched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    returned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reopened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # optimistic concurrency: an update made from a stale read fails instead of overwriting
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
+    __table_args__ = (
+        # exactly one active order per appeal, even if two deliveries of it race
+        Index("uq_work_orders_active_case", "case_no", unique=True,
+              sqlite_where=text("status != 'returned'"), postgresql_where=text("status != 'returned'")),
+        Index("ix_work_orders_unit_status", "unit_code", "status"),
+        Index("ix_work_orders_status", "status"),
+    )
+
+
+class ProgressNote(Base):
+    """办理进展: what the unit reported while handling the order."""
+    __tablename__ = "progress_notes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    order_no: Mapped[str] = mapped_column(ForeignKey("work_orders.order_no"), index=True)
+    unit_code: Mapped[str] = mapped_column(String(40))
+    note: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+metadata = Base.metadata
+outbox, processed_events, idempotency_keys = add_reliability_tables(metadata)

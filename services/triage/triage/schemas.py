@@ -1,0 +1,107 @@
+"""triage's wire contract: what a unit's system may send over RPC, and the work orders it gets back
+(JSON primitives only; datetimes as ISO 8601 strings with their UTC offset)."""
+from datetime import timezone
+
+from marshmallow import RAISE, Schema, fields, validate
+
+from wuji_common.events import ORDER_STATUSES
+
+
+class UtcDateTime(fields.DateTime):
+    """SQLite hands back naive datetimes; every one stored here is UTC, so say so on the wire."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return super()._serialize(value, attr, obj, **kwargs)
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+# --- input ----------------------------------------------------------------------------------
+
+def _text(max_length):
+    return fields.String(required=True, validate=validate.Length(1, max_length))
+
+
+class OrderActionSchema(Strict):
+    """A unit acting on one of its orders; ``idempotency_key`` makes a retry return the first result."""
+    order_no = _text(40)
+    unit_code = _text(40)
+    idempotency_key = _text(64)
+
+
+class ReturnOrderSchema(OrderActionSchema):
+    reason = _text(500)
+
+
+class ProgressSchema(OrderActionSchema):
+    note = _text(2000)
+
+
+class ResolveOrderSchema(OrderActionSchema):
+    resolution = _text(4000)
+
+
+class FindOrdersSchema(Strict):
+    case_no = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 32))
+    unit_code = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 40))
+    status = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(ORDER_STATUSES))
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 500))
+
+
+# --- output ---------------------------------------------------------------------------------
+
+class ProgressNoteSchema(Schema):
+    at = UtcDateTime()
+    unit_code = fields.String()
+    note = fields.String()
+
+
+class OrderSummarySchema(Schema):
+    """One line of ``find_orders``."""
+    order_no = fields.String()
+    case_no = fields.String()
+    unit_code = fields.String()
+    unit_name = fields.String()
+    town_code = fields.String()
+    category = fields.String()
+    category_name = fields.String()
+    item = fields.String()
+    item_name = fields.String()
+    level = fields.String()
+    status = fields.String()
+    urgent = fields.Boolean()
+    policy = fields.String()
+    accept_due_at = UtcDateTime()
+    resolve_due_at = UtcDateTime()
+    dispatched_at = UtcDateTime()
+    reopen_count = fields.Integer()
+    version = fields.Integer()
+
+
+class OrderSchema(OrderSummarySchema):
+    """``get_order`` and the result of every mutating call."""
+    village_code = fields.String(allow_none=True)
+    title = fields.String()
+    co_handlers = fields.List(fields.String())
+    confidence = fields.Float(allow_none=True)
+    routing_basis = fields.String()
+    taxonomy_version = fields.String()
+    router_version = fields.String()
+    previous_order_no = fields.String(allow_none=True)
+    successor_order_no = fields.String(allow_none=True)
+    return_reason = fields.String(allow_none=True)
+    resolution = fields.String(allow_none=True)
+    satisfaction = fields.String(allow_none=True)
+    accepted_at = UtcDateTime(allow_none=True)
+    returned_at = UtcDateTime(allow_none=True)
+    resolved_at = UtcDateTime(allow_none=True)
+    reopened_at = UtcDateTime(allow_none=True)
+    closed_at = UtcDateTime(allow_none=True)
+    updated_at = UtcDateTime()
+    progress = fields.List(fields.Nested(ProgressNoteSchema))
+

@@ -1,0 +1,79 @@
+"""triage service: entrypoints only. Each turns a message into a call of a plain handler.
+
+Events in (at-least-once; duplicates dropped by event id; failures retried with delays, then parked
+in ``<queue>.dead``):
+    intake.appeal_received          → route the appeal, open its work order  → order_dispatched
+    intake.appeal_rated             → close the order, or reopen it (返工)     → order_closed | order_reopened
+    enforcement.operation_completed → resolve the order the operation was for → order_resolved
+RPC (units' systems; every mutating call takes an idempotency_key, and a retry returns the first
+result): get_order, find_orders, accept_order, return_order, add_progress, resolve_order.
+Errors: NotFound, NotYourOrder (not the order's unit), InvalidTransition, ValidationError (fields).
+Events out (via the outbox): order_dispatched, order_accepted, order_returned, order_progressed,
+order_resolved, order_reopened, order_closed.
+"""
+from nameko.rpc import rpc
+
+from triage import handlers
+from triage.dependencies import ORDERS_ROUTED, MetricsExporter, RouterProvider, TriageDatabase
+from wuji_common import metrics
+from wuji_common.entrypoints import event_handler
+from wuji_common.errors import EXPECTED
+
+
+class TriageService:
+    name = "triage"
+
+    uow = TriageDatabase()
+    router = RouterProvider()
+    metrics = MetricsExporter()
+
+    # --- events -------------------------------------------------------------------------------
+    @event_handler("intake", "appeal_received")
+    def on_appeal_received(self, envelope):
+        """Exactly one work order per appeal, however often the event arrives."""
+        routed = handlers.dispatch_appeal(self.uow(), self.router, "triage.on_appeal_received", envelope)
+        if routed is None:
+            metrics.EVENTS_DUPLICATE.labels(self.name, "triage.on_appeal_received").inc()
+        else:
+            ORDERS_ROUTED.labels(routed["level"], routed["routing_basis"], routed["policy"]).inc()
+
+    @event_handler("intake", "appeal_rated")
+    def on_appeal_rated(self, envelope):
+        if handlers.apply_rating(self.uow(), "triage.on_appeal_rated", envelope) is None:
+            metrics.EVENTS_DUPLICATE.labels(self.name, "triage.on_appeal_rated").inc()
+
+    @event_handler("enforcement", "operation_completed")
+    def on_operation_completed(self, envelope):
+        handlers.complete_by_operation(self.uow(), "triage.on_operation_completed", envelope)
+
+    # --- RPC: the units' systems ----------------------------------------------------------------
+    @rpc(expected_exceptions=EXPECTED)
+    def get_order(self, order_no):
+        """The order with its deadlines, routing record and progress notes."""
+        return handlers.get_order(self.uow(), order_no)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def find_orders(self, case_no=None, unit_code=None, status=None, limit=100):
+        """Orders matching every filter given, oldest first."""
+        return handlers.find_orders(self.uow(), case_no, unit_code, status, limit)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def accept_order(self, order_no, unit_code, idempotency_key):
+        """签收: the unit takes the order on."""
+        return handlers.accept_order(self.uow(), order_no, unit_code, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def return_order(self, order_no, unit_code, reason, idempotency_key):
+        """退单: not this unit's business; the appeal is routed to another unit."""
+        return handlers.return_order(self.uow(), self.router, order_no, unit_code, reason,
+                                     idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def add_progress(self, order_no, unit_code, note, idempotency_key):
+        """办理进展."""
+        return handlers.add_progress(self.uow(), order_no, unit_code, note, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def resolve_order(self, order_no, unit_code, resolution, idempotency_key):
+        """办结: the citizen is then invited to rate the handling."""
+        return handlers.resolve_order(self.uow(), order_no, unit_code, resolution, idempotency_key)
