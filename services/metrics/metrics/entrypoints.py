@@ -1,0 +1,18 @@
+"""A timer whose interval comes from the service's config (nameko's takes it at decoration time)."""
+from nameko.timer import Timer
+
+
+class ConfigTimer(Timer):
+    """Fires every ``config[interval_key]`` seconds (else ``default``), once at start if ``eager``."""
+
+    def __init__(self, interval_key, default, eager=False, **kwargs):
+        self.interval_key = interval_key
+        self.default = default
+        super().__init__(interval=default, eager=eager, **kwargs)
+
+    def setup(self):
+        super().setup()
+        self.interval = float(self.container.config.get(self.interval_key, self.default))
+
+
+config_timer = ConfigTimer.decorator

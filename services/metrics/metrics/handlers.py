@@ -1,0 +1,224 @@
+"""metrics' use cases as plain functions of a unit of work: no nameko, no Prometheus.
+
+- :func:`record_event` keeps an event in the log and refolds the facts it touches, in one
+  transaction with the dedup record (at-least-once delivery; a redelivered event is dropped by id).
+- :func:`kpis` answers ``metrics.kpis`` with SQL aggregation over the facts.
+- :func:`metrics_snapshot` reads the numbers behind the Prometheus series from the database, so they
+  are right after a restart and the same in every instance.
+"""
+import logging
+
+from marshmallow import ValidationError as SchemaError
+from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from metrics import domain
+from metrics.models import AppealFact, EventLog, OrderFact
+from metrics.schemas import KpiQuerySchema, KpiRowSchema
+from wuji_common import reference
+from wuji_common.db import utcnow
+from wuji_common.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+# bucket bounds (seconds) of the duration histograms: report-in deadlines are hours, resolution days
+HOUR = 3600
+REPORT_IN_BUCKETS = (300, 900, 1800, HOUR, 2 * HOUR, 4 * HOUR, 8 * HOUR, 24 * HOUR, 48 * HOUR,
+                     72 * HOUR)
+RESOLVE_BUCKETS = (HOUR, 4 * HOUR, 8 * HOUR, 24 * HOUR, 48 * HOUR, 72 * HOUR, 120 * HOUR,
+                   168 * HOUR, 360 * HOUR, 720 * HOUR)
+
+ENFORCEMENT_EVENTS = ("whistle_blown", "operation_completed")
+
+
+# --- events in ----------------------------------------------------------------------------------
+
+def record_event(uow, consumer, envelope, now=None):
+    """Keep the event and refold the order and/or appeal it concerns. Returns False for a duplicate."""
+    now = now or utcnow()
+    kind = envelope["type"]
+    data = envelope.get("data") or {}
+    with uow:
+        if not uow.first_delivery(consumer, envelope["event_id"]):
+            return False
+        s = uow.session
+        if s.scalar(select(EventLog.id).where(EventLog.event_id == envelope["event_id"])) is None:
+            s.add(EventLog(**_log_columns(envelope, data, now), recorded_at=now))
+            s.flush()
+        # orders before appeals, always: two events locking both never wait on each other in a cycle
+        if kind in domain.ORDER_EVENTS and data.get("order_no"):
+            _refold_order(s, data["order_no"], now)
+        if kind in domain.APPEAL_EVENTS and envelope.get("case_no"):
+            _refold_appeal(s, envelope["case_no"], now)
+        uow.commit()
+        return True
+
+
+def _log_columns(envelope, data, now):
+    return {
+        "event_id": envelope["event_id"], "type": envelope["type"], "source": envelope["source"],
+        "version": envelope["version"],
+        "occurred_at": domain.parse_instant(envelope["occurred_at"]) or now,
+        "case_no": envelope.get("case_no"), "order_no": data.get("order_no"),
+        "operation_id": data.get("operation_id"), "town_code": data.get("town_code"),
+        "category": data.get("category"), "unit_code": data.get("unit_code"), "envelope": envelope,
+    }
+
+
+def _locked_fact(s, model, key_name, key, now):
+    """The fact row, created if missing, locked for this transaction: concurrent events of one
+    order (queues are consumed in parallel) queue up here, and each refold sees the events the
+    others committed. SQLite serialises writers anyway, so its FOR UPDATE is a no-op."""
+    dialect_insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    s.execute(dialect_insert(model).values({key_name: key, "updated_at": now})
+              .on_conflict_do_nothing(index_elements=[key_name]))
+    return s.execute(select(model).where(getattr(model, key_name) == key).with_for_update()
+                     .execution_options(populate_existing=True)).scalar_one()
+
+
+def _refold_order(s, order_no, now):
+    fact = _locked_fact(s, OrderFact, "order_no", order_no, now)
+    events = s.execute(select(EventLog.envelope).where(EventLog.order_no == order_no)).scalars().all()
+    for field, value in domain.fold_order(order_no, events).items():
+        setattr(fact, field, value)
+    fact.updated_at = now
+
+
+def _refold_appeal(s, case_no, now):
+    fact = _locked_fact(s, AppealFact, "case_no", case_no, now)
+    events = s.execute(select(EventLog.envelope).where(
+        EventLog.case_no == case_no, EventLog.type.in_(domain.APPEAL_EVENTS))).scalars().all()
+    for field, value in domain.fold_appeal(case_no, events).items():
+        setattr(fact, field, value)
+    fact.updated_at = now
+
+
+def event_count(uow, event_type=None):
+    """How many events the log holds (of one type); lets callers see that a stream has landed."""
+    with uow:
+        stmt = select(func.count()).select_from(EventLog)
+        if event_type:
+            stmt = stmt.where(EventLog.type == event_type)
+        return uow.session.scalar(stmt)
+
+
+# --- KPIs ---------------------------------------------------------------------------------------
+
+def kpis(uow, start, end, group_by, tz="Asia/Shanghai", now=None):
+    """KPI rows per town, unit or category over calendar days start..end, and a total row (see
+    :mod:`metrics.domain` for what each number counts)."""
+    try:
+        query = KpiQuerySchema().load({"start": start, "end": end, "group_by": group_by})
+    except SchemaError as err:
+        raise ValidationError("请求参数有误", err.normalized_messages()) from None
+    window = domain.Window(query["start"], query["end"], tz)
+    now = now or utcnow()
+    key = domain.group_key(query["group_by"])
+    with uow:
+        counts = {}
+        for group, row in (*_order_counts(uow.session, key, window, now),
+                           *_appeal_counts(uow.session, key, window)):
+            counts.setdefault(group, {}).update(row)
+    rows = domain.assemble(counts, group_names(query["group_by"]))
+    return KpiRowSchema(many=True).dump(rows)
+
+
+def _count(condition):
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _within(column, window):
+    return and_(column >= window.lo, column < window.hi)
+
+
+def _order_counts(s, key, window, now):
+    """The SQL form of domain.order_counts, summed per group."""
+    o = OrderFact
+    due = and_(_within(o.accept_due_at, window),
+               or_(o.accepted_at.is_not(None), o.accept_due_at <= now),
+               func.coalesce(o.status, "") != "returned")
+    resolved = _within(o.first_resolved_at, window)
+    group = getattr(o, key)
+    stmt = (select(group,
+                   _count(_within(o.dispatched_at, window)),
+                   _count(due),
+                   _count(and_(due, o.accepted_at <= o.accept_due_at)),
+                   _count(resolved),
+                   _count(and_(resolved, o.resolved_on_time.is_(True))),
+                   _count(and_(resolved, o.reopen_count > 0)))
+            .where(or_(_within(o.dispatched_at, window), _within(o.accept_due_at, window), resolved))
+            .group_by(group))
+    names = ("orders", "due_for_acceptance", "accepted_on_time", "resolved", "resolved_on_time",
+             "reopened")
+    return [(row[0], dict(zip(names, row[1:]))) for row in s.execute(stmt)]
+
+
+def _appeal_counts(s, key, window):
+    """The SQL form of domain.appeal_counts, summed per group."""
+    a = AppealFact
+    rated = _within(a.rated_at, window)
+    group = getattr(a, key)
+    stmt = (select(group,
+                   _count(_within(a.received_at, window)),
+                   _count(rated),
+                   _count(and_(rated, a.satisfaction.in_(domain.SATISFIED))))
+            .where(or_(_within(a.received_at, window), rated))
+            .group_by(group))
+    return [(row[0], dict(zip(("appeals", "rated", "satisfied"), row[1:]))) for row in s.execute(stmt)]
+
+
+def group_names(group_by):
+    """Display names from the reference data that ships with the platform (categories have none)."""
+    if group_by == "town":
+        return reference.towns()
+    if group_by == "unit":
+        return {u["code"]: u["name"] for u in reference.units()}
+    return {}
+
+
+# --- Prometheus ---------------------------------------------------------------------------------
+
+def metrics_snapshot(uow):
+    """Every number behind the domain series, read from the log and the facts. Counts of the log only
+    grow (it is append-only), so they are exposed as counters that survive restarts."""
+    e, o, a = EventLog, OrderFact, AppealFact
+    with uow:
+        s = uow.session
+
+        def rows(stmt):
+            return [(tuple(r[:-1]), r[-1]) for r in s.execute(stmt)]
+
+        return {
+            "events": rows(select(e.type, func.count()).group_by(e.type)),
+            "appeals_received": rows(
+                select(a.town_code, a.channel, func.count())
+                .where(a.received_at.is_not(None)).group_by(a.town_code, a.channel)),
+            "order_events": rows(
+                select(e.type, e.town_code, e.category, func.count())
+                .where(e.type.in_(domain.ORDER_EVENTS)).group_by(e.type, e.town_code, e.category)),
+            "ratings": rows(_by_payload_field(e, "appeal_rated", "satisfaction")),
+            "orders_by_status": rows(
+                select(o.town_code, o.status, func.count()).group_by(o.town_code, o.status)),
+            "enforcement_events": rows(
+                select(e.type, e.town_code, func.count())
+                .where(e.type.in_(ENFORCEMENT_EVENTS)).group_by(e.type, e.town_code)),
+            "forces_reported_in": rows(_by_payload_field(e, "force_reported_in", "within_deadline")),
+            "report_in_seconds": _histogram(s, o.report_in_seconds, REPORT_IN_BUCKETS),
+            "resolve_seconds": _histogram(s, o.resolve_seconds, RESOLVE_BUCKETS),
+        }
+
+
+def _by_payload_field(e, event_type, field):
+    value = e.envelope[("data", field)].as_string() if field != "within_deadline" \
+        else e.envelope[("data", field)].as_boolean()
+    return select(value, func.count()).where(e.type == event_type).group_by(value)
+
+
+def _histogram(s, column, buckets):
+    """Per town: cumulative bucket counts, sum and count of the durations known so far."""
+    o = OrderFact
+    stmt = (select(o.town_code, *[_count(column <= bound) for bound in buckets],
+                   func.coalesce(func.sum(column), 0.0), func.count(column))
+            .where(column.is_not(None)).group_by(o.town_code))
+    return [((r[0],), list(r[1:-2]), float(r[-2]), r[-1]) for r in s.execute(stmt)]

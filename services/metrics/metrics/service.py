@@ -1,0 +1,94 @@
+"""metrics service: entrypoints only, each turning a message or call into a plain handler call.
+
+Events in: every event of the catalogue (intake, triage, enforcement), at-least-once; duplicates are
+dropped by event id in the same transaction as their effect. Each is kept in the event log and
+folded into the appeal and order facts.
+RPC: kpis(start, end, group_by) — 响应率, 按时办结率, 满意率, 返工率 per town, unit or category;
+event_count(event_type=None).
+Prometheus: the domain series, recomputed from the database every REFRESH_SECONDS (and at start),
+plus wuji_common's entrypoint series, on METRICS_PORT.
+"""
+from nameko.rpc import rpc
+
+from metrics import handlers
+from metrics.dependencies import DomainMetrics, KpiTimeZone, MetricsDatabase, MetricsExporter
+from metrics.entrypoints import config_timer
+from wuji_common.entrypoints import event_handler
+from wuji_common.errors import ValidationError
+
+
+class MetricsService:
+    name = "metrics"
+
+    uow = MetricsDatabase()
+    exporter = MetricsExporter()
+    publish_series = DomainMetrics()
+    kpi_timezone = KpiTimeZone()
+
+    # --- RPC ------------------------------------------------------------------------------------
+    @rpc(expected_exceptions=(ValidationError,))
+    def kpis(self, start, end, group_by="town"):
+        """KPI rows for calendar days start..end (ISO dates, inclusive), grouped by town, unit or
+        category, then a total row (group "total"). Rates are null when nothing was measured."""
+        return handlers.kpis(self.uow(), start, end, group_by, tz=self.kpi_timezone)
+
+    @rpc
+    def event_count(self, event_type=None):
+        return handlers.event_count(self.uow(), event_type)
+
+    # --- Prometheus -----------------------------------------------------------------------------
+    @config_timer("REFRESH_SECONDS", 15, eager=True)
+    def refresh_series(self):
+        self.publish_series(handlers.metrics_snapshot(self.uow()))
+
+    # --- events ---------------------------------------------------------------------------------
+    def _record(self, envelope, method):
+        handlers.record_event(self.uow(), f"metrics.{method}", envelope)
+
+    @event_handler("intake", "appeal_received")
+    def on_appeal_received(self, envelope):
+        self._record(envelope, "on_appeal_received")
+
+    @event_handler("intake", "appeal_rated")
+    def on_appeal_rated(self, envelope):
+        self._record(envelope, "on_appeal_rated")
+
+    @event_handler("triage", "order_dispatched")
+    def on_order_dispatched(self, envelope):
+        self._record(envelope, "on_order_dispatched")
+
+    @event_handler("triage", "order_accepted")
+    def on_order_accepted(self, envelope):
+        self._record(envelope, "on_order_accepted")
+
+    @event_handler("triage", "order_returned")
+    def on_order_returned(self, envelope):
+        self._record(envelope, "on_order_returned")
+
+    @event_handler("triage", "order_progressed")
+    def on_order_progressed(self, envelope):
+        self._record(envelope, "on_order_progressed")
+
+    @event_handler("triage", "order_resolved")
+    def on_order_resolved(self, envelope):
+        self._record(envelope, "on_order_resolved")
+
+    @event_handler("triage", "order_reopened")
+    def on_order_reopened(self, envelope):
+        self._record(envelope, "on_order_reopened")
+
+    @event_handler("triage", "order_closed")
+    def on_order_closed(self, envelope):
+        self._record(envelope, "on_order_closed")
+
+    @event_handler("enforcement", "whistle_blown")
+    def on_whistle_blown(self, envelope):
+        self._record(envelope, "on_whistle_blown")
+
+    @event_handler("enforcement", "force_reported_in")
+    def on_force_reported_in(self, envelope):
+        self._record(envelope, "on_force_reported_in")
+
+    @event_handler("enforcement", "operation_completed")
+    def on_operation_completed(self, envelope):
+        self._record(envelope, "on_operation_completed")
