@@ -56,6 +56,13 @@ def main(argv=None):
     d = sub.add_parser("declare", help="declare exchanges, subscriber queues, delay and dead-letter queues")
     d.add_argument("--amqp-uri", default="amqp://guest:guest@127.0.0.1:5672/")
     d.add_argument("services", nargs="+", help="service classes, e.g. triage.service:TriageService")
+    a = sub.add_parser("asyncapi", help="write docs/asyncapi.json and docs/events.md from the catalogue")
+    a.add_argument("--out", default="docs")
     args = parser.parse_args(argv)
+    if args.command == "asyncapi":
+        from wuji_common.asyncapi import write_docs
+        write_docs(args.out)
+        print(f"wrote {args.out}/asyncapi.json and {args.out}/events.md")
+        return
     declared = declare(args.amqp_uri, [load_service(s) for s in args.services])
     print(f"declared {len(declared)} subscriber queues")

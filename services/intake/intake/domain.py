@@ -1,6 +1,7 @@
 """Plain rules of intake: case numbers, tracking tokens, masking, and what the citizen is told."""
 import hashlib
 import hmac
+import re
 import secrets
 
 
@@ -25,6 +26,20 @@ def citizen_ref(key, phone=None, id_number=None):
     if not value:
         return None
     return hmac.new(key.encode("utf-8"), value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+PHONE_IN_TEXT = re.compile(r"(?<!\d)(1[3-9]\d{9}|0\d{2,3}-?\d{7,8})(?!\d)")
+ID_IN_TEXT = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")
+
+
+def redact_text(text, citizen=None):
+    """The appeal's text as it may leave intake: citizens often write their phone, ID number or name
+    into the message itself; those are masked before the text goes into an event."""
+    text = ID_IN_TEXT.sub("[身份证号已隐藏]", text)
+    text = PHONE_IN_TEXT.sub("[电话已隐藏]", text)
+    if citizen and citizen.get("name") and len(citizen["name"]) >= 2:
+        text = text.replace(citizen["name"], mask_name(citizen["name"]))
+    return text
 
 
 def mask_phone(phone):

@@ -74,7 +74,8 @@ def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None):
         s.add(TimelineEntry(case_no=appeal.case_no, at=now, status="received",
                             text=domain.timeline_text("appeal_received", {})))
         uow.emit("appeal_received", appeal.case_no, {
-            "channel": appeal.channel, "title": appeal.title, "content": appeal.content,
+            "channel": appeal.channel, "title": domain.redact_text(appeal.title, citizen),
+            "content": domain.redact_text(appeal.content, citizen),
             "town_code": appeal.town_code, "village_code": appeal.village_code,
             "anonymous": appeal.anonymous, "citizen_ref": appeal.citizen_ref,
             "received_at": now.isoformat(), "attachments": data["attachments"],

@@ -27,3 +27,11 @@ def test_id_number_check_digit():
     assert id_number_is_valid("11010519491231002X")
     assert not id_number_is_valid("110105194912310021")
     assert not id_number_is_valid("1101051949123100")
+
+
+def test_personal_data_written_into_the_text_is_redacted_for_events():
+    text = "我叫张三丰，电话13812345678，座机0632-7712345，身份证11010519491231002X，门牌号123号。"
+    redacted = domain.redact_text(text, {"name": "张三丰"})
+    for secret in ("张三丰", "13812345678", "0632-7712345", "11010519491231002X"):
+        assert secret not in redacted
+    assert "门牌号123号" in redacted and "张**" in redacted
