@@ -159,6 +159,3 @@ def status_after_report_in(force_statuses: dict):
     """The operation is assembled (集结完毕) once every called force has reported in."""
     return ASSEMBLED if not not_reported_in(force_statuses) else CALLED
 
-
-def is_overdue(force_status: str, due_at: datetime, now: datetime):
-    return force_status == FORCE_CALLED and due_at < now
