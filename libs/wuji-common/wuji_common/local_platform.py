@@ -1,0 +1,176 @@
+"""The whole platform as local processes (`nameko run`, one per service), for `make run`, the
+cross-service tests and the benchmarks: prepare the databases and queues, start, kill -9, restart."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+SERVICES = ("intake", "triage", "enforcement", "notify", "metrics")
+DEFAULT_METRICS_PORTS = {"intake": 9101, "triage": 9102, "enforcement": 9103, "notify": 9104, "metrics": 9105}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port, host="127.0.0.1"):
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def service_class(service):
+    return f"{service}.service:{service.capitalize()}Service"
+
+
+class Mailbox:
+    """A real SMTP server (aiosmtpd, in a process of its own so that it does not share the eventlet
+    hub of the tests) storing what it receives in a Maildir."""
+
+    def __init__(self, directory, port=None):
+        self.port = port or free_port()
+        self.directory = Path(directory) / "maildir"
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(
+            [str(BIN / "python"), "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.port}",
+             "-c", "aiosmtpd.handlers.Mailbox", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if port_open(self.port):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("SMTP server did not start")
+
+    @property
+    def messages(self):
+        import mailbox as mbox
+        if not self.directory.exists():
+            return []
+        return list(mbox.Maildir(str(self.directory), create=False))
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class Platform:
+    """Five service processes sharing one broker (``amqp_uri``, vhost included).
+
+    ``db_urls``: service → database URL (see :meth:`sqlite_urls`); ``api_port`` and ``metrics_ports``
+    default to free ports; ``env`` adds to the services' environment (e.g. SMTP_HOST/SMTP_PORT).
+    Logs go to ``<logdir>/<service>.log``.
+    """
+
+    def __init__(self, amqp_uri, db_urls, logdir, api_port=None, metrics_ports=None, env=None):
+        self.amqp_uri = amqp_uri
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.api_port = api_port or free_port()
+        self.metrics_ports = metrics_ports or {s: free_port() for s in SERVICES}
+        self.processes = {}
+        self.env = dict(os.environ, AMQP_URI=amqp_uri, API_ADDRESS=f"127.0.0.1:{self.api_port}",
+                        PYTHONUNBUFFERED="1", **(env or {}))
+        for service in SERVICES:
+            self.env[f"{service.upper()}_DB_URL"] = db_urls[service]
+            self.env[f"{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service])
+
+    @staticmethod
+    def sqlite_urls(directory):
+        return {s: f"sqlite:///{Path(directory) / f'{s}.db'}" for s in SERVICES}
+
+    @staticmethod
+    def server_urls(server_url, prefix="wuji"):
+        """One database per service on a PostgreSQL server: wuji_intake, wuji_triage, ..."""
+        return {s: f"{server_url.rstrip('/')}/{prefix}_{s}" for s in SERVICES}
+
+    @property
+    def api(self):
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def db_url(self, service):
+        return self.env[f"{service.upper()}_DB_URL"]
+
+    def _step(self, *args):
+        result = subprocess.run([str(a) for a in args], env=self.env, cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(map(str, args))} failed:\n{result.stdout}{result.stderr}")
+        return result.stdout.strip()
+
+    def prepare(self):
+        """Migrate every database, load reference data and declare every queue; returns what the
+        commands printed."""
+        said = []
+        for service in SERVICES:
+            self._step(BIN / service, "db", "upgrade", "--db-url", self.db_url(service))
+            said.append(self._step(BIN / service, "load-reference", "--db-url", self.db_url(service)))
+        said.append(self._step(BIN / "wuji-broker", "declare", "--amqp-uri", self.amqp_uri,
+                               *[service_class(s) for s in SERVICES]))
+        return said
+
+    def start(self, *services, wait=True):
+        for service in services or SERVICES:
+            log = open(self.logdir / f"{service}.log", "ab")
+            self.processes[service] = subprocess.Popen(
+                [str(BIN / "nameko"), "run", "--config", str(ROOT / "services" / service / "config.yml"),
+                 f"{service}.service"],
+                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            log.close()
+        if wait:
+            self.wait_ready(*(services or SERVICES))
+
+    def wait_ready(self, *services, timeout=60):
+        """Until every service's metrics port (and intake's API) answers; raises if one exits."""
+        deadline = time.monotonic() + timeout
+        pending = {s: self.metrics_ports[s] for s in services}
+        if "intake" in services:
+            pending["api"] = self.api_port
+        while pending and time.monotonic() < deadline:
+            for name, port in list(pending.items()):
+                if port_open(port):
+                    pending.pop(name)
+            for name in services:
+                if self.processes[name].poll() is not None:
+                    raise RuntimeError(f"{name} exited: {self.log(name)[-3000:]}")
+            time.sleep(0.1)
+        if pending:
+            raise RuntimeError(f"not answering after {timeout}s: {', '.join(pending)}")
+        time.sleep(1.0)  # consumers attach just after the ports open
+
+    def exited(self):
+        """Services whose process has ended, with their exit codes."""
+        return {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
+
+    def kill(self, service, sig=signal.SIGKILL):
+        proc = self.processes.pop(service)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def pids(self):
+        return {name: p.pid for name, p in self.processes.items()}
+
+    def log(self, service):
+        return (self.logdir / f"{service}.log").read_text(errors="replace")
+
+    def stop(self, grace=30):
+        """SIGTERM to all (nameko finishes running workers), then SIGKILL after ``grace`` seconds."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes = {}
