@@ -34,9 +34,9 @@ def service_cli(service, migrations_dir, metadata, load_reference=None, extra=No
         up = db_sub.add_parser("upgrade", help="apply migrations up to head")
         up.add_argument("--db-url", default=None)
         up.add_argument("--revision", default="head")
-        if load_reference:
-            ref = sub.add_parser("load-reference", help="load the reference data that ships with Wuji")
-            ref.add_argument("--db-url", default=None)
+        # every service answers load-reference, so that set-up scripts need not know which have any
+        ref = sub.add_parser("load-reference", help="load the reference data that ships with Wuji")
+        ref.add_argument("--db-url", default=None)
         if extra:
             extra(sub)
         args = parser.parse_args(argv)
@@ -44,6 +44,8 @@ def service_cli(service, migrations_dir, metadata, load_reference=None, extra=No
             url = args.db_url or default_db_url(service)
             upgrade(migrations_dir, url, args.revision)
             print(f"{service}: database at {_redact(url)} is at {args.revision}")
+        elif args.command == "load-reference" and load_reference is None:
+            print(f"{service}: no reference data to load")
         elif args.command == "load-reference":
             url = args.db_url or default_db_url(service)
             count = load_reference(unit_of_work_for(service, metadata, url))
