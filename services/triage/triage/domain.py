@@ -83,7 +83,8 @@ def _policy(raw, where):
 class Taxonomy:
     """Categories and items with their routing and time-limit policy, as shipped in taxonomy.yml."""
 
-    def __init__(self, version, categories, labels, urgent_keywords, fallback_item, min_confidence):
+    def __init__(self, version, categories, labels, urgent_keywords, fallback_item, min_confidence,
+                 keyword_precedence):
         self.version = version
         self.categories = {c.code: c for c in categories}
         self.items = {i.code: i for c in categories for i in c.items}
@@ -91,6 +92,7 @@ class Taxonomy:
         self.urgent_keywords = urgent_keywords
         self.fallback = self.items[fallback_item]
         self.min_confidence = min_confidence
+        self.keyword_precedence = keyword_precedence
 
     @classmethod
     def from_dict(cls, data):
@@ -142,7 +144,7 @@ class Taxonomy:
         if fallback not in seen:
             raise TaxonomyError(f"fallback_item {fallback!r} is not an item")
         return cls(version, categories, labels, tuple(data.get("urgent_keywords") or ()), fallback,
-                   float(clf.get("min_confidence", 0.5)))
+                   float(clf.get("min_confidence", 0.5)), float(clf.get("keyword_precedence", 4)))
 
     def unit_codes(self):
         """Every unit code the taxonomy names (to check against the reference units)."""
@@ -154,12 +156,16 @@ class Taxonomy:
         return codes
 
     def keyword_matches(self, title, content):
-        """Items whose keywords occur in the appeal, best first. A longer keyword is more specific and
-        a keyword in the title counts double; ties keep the file's order."""
+        """(item, score) for the items whose keywords occur in the appeal, best first. A keyword scores
+        its length (longer is more specific), doubled in the title; ties keep the file's order."""
         scored = []
         for order, item in enumerate(self.items.values()):
-            score = sum(len(k) * (2 if k in title else 1) for k in item.keywords
-                        if k in title or k in content)
+            found = [k for k in item.keywords if k in title or k in content]
+            if not found:
+                continue
+            # a keyword inside a longer one that matched (欠工资 in 拖欠工资) adds nothing
+            found = [k for k in found if not any(k != other and k in other for other in found)]
+            score = sum(len(k) * (2 if k in title else 1) for k in found)
             if score:
                 scored.append((-score, order, item))
         return [(item, -neg) for neg, _, item in sorted(scored)]
@@ -219,13 +225,19 @@ class Router:
         self.version = f"router-{ROUTER_VERSION}+" + (f"model-{model}" if self.classifier else "keywords")
 
     def assess(self, title, content):
-        """A confident classifier decides the category and keywords pick the item inside it;
-        otherwise keywords decide; when nothing does, the fallback item (the town office)."""
+        """Rules first, the model fills in: a strong keyword match decides; else a confident
+        classifier decides the category and keywords pick the item inside it; else the best keyword
+        match; when nothing identifies the appeal, the fallback item (the town office)."""
         tax = self.taxonomy
-        matches = [item for item, _ in tax.keyword_matches(title, content)]
+        scored = tax.keyword_matches(title, content)
+        matches = [item for item, _ in scored]
         ranked = self._ranked_categories(title, content)  # [(category code, probability)]
         top, probability = ranked[0] if ranked else (None, None)
-        if top and probability >= tax.min_confidence:
+        confident = top is not None and probability >= tax.min_confidence
+        if scored and scored[0][1] >= tax.keyword_precedence:
+            chosen = matches[0]
+            basis = "keywords+classifier" if confident and chosen.category == top else "keywords"
+        elif confident:
             inside = [i for i in matches if i.category == top]
             chosen = inside[0] if inside else tax.items[tax.categories[top].default_item]
             basis = "keywords+classifier" if inside else "classifier"

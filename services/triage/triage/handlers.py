@@ -22,7 +22,7 @@ from triage import domain
 from triage.domain import aware
 from triage.models import Appeal, Division, ProgressNote, Unit, WorkOrder
 from triage.schemas import (
-    FindOrdersSchema, OrderActionSchema, OrderSchema, OrderSummarySchema, ProgressSchema,
+    MAX_ORDERS, FindOrdersSchema, OrderActionSchema, OrderSchema, OrderSummarySchema, ProgressSchema,
     ResolveOrderSchema, ReturnOrderSchema,
 )
 from wuji_common.errors import InvalidTransition, NotFound, NotYourOrder, ValidationError
@@ -348,7 +348,7 @@ def get_order(uow, order_no):
         return _view(uow.session, order)
 
 
-def find_orders(uow, case_no=None, unit_code=None, status=None, limit=100):
+def find_orders(uow, case_no=None, unit_code=None, status=None, limit=None):
     """Orders matching every filter given, oldest first (a case's history; a unit's queue)."""
     args = load(FindOrdersSchema(), {"case_no": case_no, "unit_code": unit_code, "status": status,
                                      "limit": limit})
@@ -357,8 +357,8 @@ def find_orders(uow, case_no=None, unit_code=None, status=None, limit=100):
         if args[column] is not None:
             query = query.where(getattr(WorkOrder, column) == args[column])
     with uow:
-        rows = uow.session.execute(
-            query.order_by(WorkOrder.dispatched_at, WorkOrder.id).limit(args["limit"])).scalars().all()
+        query = query.order_by(WorkOrder.dispatched_at, WorkOrder.id).limit(args["limit"] or MAX_ORDERS)
+        rows = uow.session.execute(query).scalars().all()
         return summary_schema.dump(rows)
 
 

@@ -46,11 +46,15 @@ class ResolveOrderSchema(OrderActionSchema):
     resolution = _text(4000)
 
 
+MAX_ORDERS = 10000
+
+
 class FindOrdersSchema(Strict):
     case_no = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 32))
     unit_code = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 40))
     status = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(ORDER_STATUSES))
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 500))
+    # no limit given: every match, up to MAX_ORDERS (a unit's whole queue, a case's history)
+    limit = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, MAX_ORDERS))
 
 
 # --- output ---------------------------------------------------------------------------------

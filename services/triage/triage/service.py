@@ -53,8 +53,8 @@ class TriageService:
         return handlers.get_order(self.uow(), order_no)
 
     @rpc(expected_exceptions=EXPECTED)
-    def find_orders(self, case_no=None, unit_code=None, status=None, limit=100):
-        """Orders matching every filter given, oldest first."""
+    def find_orders(self, case_no=None, unit_code=None, status=None, limit=None):
+        """Orders matching every filter given, oldest first (at most ``limit``, else 10,000)."""
         return handlers.find_orders(self.uow(), case_no, unit_code, status, limit)
 
     @rpc(expected_exceptions=EXPECTED)
