@@ -257,7 +257,7 @@ def _complete_operation(uow, data, key, now):
             raise InvalidTransition(f"尚有执法力量未报到：{'、'.join(missing)}", {"not_reported_in": missing})
         operation.status = domain.COMPLETED
         operation.completed_at = now
-        operation.outcome = data["outcome"]
+        operation.outcome = domain.redact_outcome(data["outcome"])
         operation.version += 1
         s.flush()
         uow.emit("operation_completed", None, {

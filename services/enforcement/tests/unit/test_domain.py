@@ -106,3 +106,9 @@ def test_the_operation_is_assembled_when_every_force_has_reported_in():
     assert domain.status_after_report_in(statuses) == domain.ASSEMBLED
     assert domain.not_reported_in(statuses) == []
 
+
+def test_phone_and_id_numbers_are_masked_in_the_outcome():
+    text = "已约谈当事人（13812345678，身份证370404199001011234），责令拆除；联系0632-7711234"
+    assert domain.redact_outcome(text) == \
+        "已约谈当事人（[电话已隐藏]，身份证[身份证号已隐藏]），责令拆除；联系[电话已隐藏]"
+    assert domain.redact_outcome("已拆除违法建筑120平方米") == "已拆除违法建筑120平方米"

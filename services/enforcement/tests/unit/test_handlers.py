@@ -301,6 +301,15 @@ def test_the_forces_serving_a_town(db):
     assert list(err.value.fields) == ["town_code"]
 
 
+def test_a_phone_number_in_the_outcome_does_not_leave_in_the_event(db):
+    op = whistle(db)
+    for force in MINING:
+        report(db, op["operation_id"], force)
+    done = complete(db, op["operation_id"], outcome="已约谈矿主（电话13912345678），责令停止开采")
+    assert done["outcome"] == "已约谈矿主（电话[电话已隐藏]），责令停止开采"
+    assert "13912345678" not in str(db.events())
+
+
 # --- reference data --------------------------------------------------------------------------------
 
 def test_reloading_the_reference_data_changes_nothing(db):
