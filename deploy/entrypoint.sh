@@ -1,0 +1,33 @@
+#!/bin/sh
+# Start one Wuji service in its container: bring its database schema up to date, load the reference
+# data that ships with the project, then become `nameko run` (exec: SIGTERM from `docker stop`
+# reaches nameko, which stops taking work and lets running workers finish).
+#
+# SERVICE names the service (intake, triage, enforcement, notify, metrics); its settings come from
+# the environment through services/$SERVICE/config.yml.
+# Migrations run at every start and are idempotent; with several replicas of one service, start one
+# first (or scale after the first is healthy) so that two do not migrate at the same moment.
+set -eu
+
+: "${SERVICE:?set SERVICE to intake, triage, enforcement, notify or metrics}"
+# the repository root (/app in the image)
+cd "$(dirname "$0")/.."
+config="services/$SERVICE/config.yml"
+if [ ! -f "$config" ]; then
+    echo "entrypoint: no such service: $SERVICE ($config not found)" >&2
+    exit 64
+fi
+
+"$SERVICE" db upgrade
+"$SERVICE" load-reference      # every service answers it; loading again changes nothing
+
+# Prometheus scrapes the metrics port from another container, so it must listen beyond loopback.
+# MetricsExporter reads METRICS_ADDRESS from the nameko config; a config.yml that does not pass it
+# through from the environment gets it appended here (a copy; the file in the image is unchanged).
+if [ -n "${METRICS_ADDRESS:-}" ] && ! grep -q '^METRICS_ADDRESS:' "$config"; then
+    overlay="${TMPDIR:-/tmp}/wuji-$SERVICE-config.yml"
+    { cat "$config"; printf '\n# appended by deploy/entrypoint.sh\nMETRICS_ADDRESS: ${METRICS_ADDRESS:127.0.0.1}\n'; } > "$overlay"
+    config="$overlay"
+fi
+
+exec nameko run --config "$config" "$SERVICE.service"
