@@ -1,0 +1,220 @@
+"""Handlers on a real database (SQLite and PostgreSQL): projections, dedup, KPIs, series."""
+import copy
+import random
+from datetime import datetime, timezone
+
+import eventlet
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import select
+
+from metrics import domain, handlers
+from metrics.exposition import DomainCollector
+from metrics.models import AppealFact, EventLog, OrderFact
+from wuji_common.errors import ValidationError
+
+NOW = datetime(2025, 6, 1, tzinfo=timezone.utc)
+SUNDAY_EVENING = datetime(2025, 3, 9, 13, 30, tzinfo=timezone.utc)  # 21:30 in Yicheng
+
+
+def record_all(uow, events):
+    return [handlers.record_event(uow(), f"metrics.on_{e['type']}", e) for e in events]
+
+
+def facts(uow, model, key):
+    with uow() as u:
+        rows = u.session.execute(select(model).order_by(key)).scalars().all()
+        return [{c.name: _utc(getattr(r, c.name)) for c in model.__table__.columns
+                 if c.name != "updated_at"} for r in rows]
+
+
+def _utc(value):
+    # SQLite hands datetimes back naive; they were stored as UTC
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def kpis(uow, story, group_by, now=NOW):
+    return handlers.kpis(uow(), *story.WINDOW, group_by, now=now)
+
+
+def test_a_week_of_events_gives_the_kpis_worked_out_by_hand(metrics_db, story):
+    _, uow = metrics_db
+    events = story.week()
+    random.Random(7).shuffle(events)  # queues deliver in any order
+    record_all(uow, events)
+    for group_by, expected in (("town", story.BY_TOWN), ("unit", story.BY_UNIT),
+                               ("category", story.BY_CATEGORY)):
+        assert kpis(uow, story, group_by) == domain.assemble(expected, handlers.group_names(group_by))
+
+    tanshan, gushao, total = kpis(uow, story, "town")
+    assert (tanshan["group"], tanshan["name"]) == (story.TANSHAN, "坛山街道")
+    assert tanshan["response_rate"] == 0.5 and tanshan["on_time_resolution_rate"] == 0.5
+    assert tanshan["satisfaction_rate"] == 1.0 and tanshan["rework_rate"] == 0.5
+    assert gushao["response_rate"] == 0.5 and gushao["on_time_resolution_rate"] == 1.0
+    assert gushao["satisfaction_rate"] is None and gushao["rework_rate"] == 0.0
+    assert (total["group"], total["appeals"], total["orders"]) == ("total", 5, 5)
+    assert (total["due_for_acceptance"], total["accepted_on_time"], total["response_rate"]) == (4, 2, 0.5)
+    assert total["on_time_resolution_rate"] == 0.6667 and total["rework_rate"] == 0.3333
+
+    # Sunday 21:30 in Yicheng: O4 falls due at 22:00, so it is not counted yet
+    *_, total = kpis(uow, story, "town", now=SUNDAY_EVENING)
+    assert (total["due_for_acceptance"], total["accepted_on_time"]) == (3, 2)
+
+    [total] = handlers.kpis(uow(), "2024-01-01", "2024-01-31", "unit")
+    assert total["group"] == "total" and total["orders"] == 0 and total["response_rate"] is None
+
+
+def test_sql_aggregation_agrees_with_the_definitions_in_domain(metrics_db, story):
+    _, uow = metrics_db
+    record_all(uow, story.week() + story.random_history(seed=11))
+    orders = facts(uow, OrderFact, OrderFact.order_no)
+    appeals = facts(uow, AppealFact, AppealFact.case_no)
+    window = domain.Window(*(datetime.fromisoformat(d).date() for d in story.WINDOW))
+    for group_by in domain.GROUP_BY:
+        for now in (NOW, SUNDAY_EVENING):
+            reference = domain.kpi_rows(orders, appeals, group_by, window, now,
+                                        handlers.group_names(group_by))
+            assert kpis(uow, story, group_by, now=now) == reference, (group_by, now)
+    assert reference[-1]["orders"] > 10 and reference[-1]["reopened"] > 0  # the data exercises them
+
+
+def renamed(events, prefix):
+    """The same history for other cases and orders, with new event ids."""
+    out = copy.deepcopy(events)
+    for e in out:
+        e["event_id"] = prefix + e["event_id"][len(prefix):]
+        e["case_no"] = prefix + e["case_no"] if e["case_no"] else None
+        for key in ("order_no", "operation_id"):
+            if e["data"].get(key):
+                e["data"][key] = prefix + e["data"][key]
+    return out
+
+
+def strip(rows, key, prefix):
+    return sorted(({**r, key: r[key].removeprefix(prefix),
+                    **({"case_no": r["case_no"].removeprefix(prefix)} if r.get("case_no") else {})}
+                   for r in rows), key=lambda r: r[key])
+
+
+def test_projections_do_not_depend_on_the_order_events_arrive_in(metrics_db, story):
+    _, uow = metrics_db
+    events = story.week()
+    record_all(uow, renamed(events, "A-"))
+    record_all(uow, renamed(list(reversed(events)), "B-"))  # order_accepted before order_dispatched...
+    shuffled = renamed(events, "C-")
+    random.Random(3).shuffle(shuffled)
+    record_all(uow, shuffled)
+    orders = facts(uow, OrderFact, OrderFact.order_no)
+    appeals = facts(uow, AppealFact, AppealFact.case_no)
+    for facts_of, key in ((orders, "order_no"), (appeals, "case_no")):
+        a, b, c = (strip([r for r in facts_of if r[key].startswith(p)], key, p) for p in ("A-", "B-", "C-"))
+        assert a == b == c and len(a) > 0
+    o2 = next(o for o in orders if o["order_no"] == "B-O2")
+    assert (o2["status"], o2["reopen_count"], o2["resolved_on_time"], o2["satisfaction"]) == \
+        ("closed", 1, False, "basically_satisfied")
+
+
+def test_a_duplicate_event_is_dropped_by_its_id(metrics_db, story):
+    _, uow = metrics_db
+    events = story.week()
+    assert all(record_all(uow, events))
+    before = kpis(uow, story, "town")
+    orders_before = facts(uow, OrderFact, OrderFact.order_no)
+    assert not any(record_all(uow, events))  # every one delivered a second time
+    assert handlers.event_count(uow()) == len(events)
+    assert handlers.event_count(uow(), "order_reopened") == 1
+    assert kpis(uow, story, "town") == before
+    assert facts(uow, OrderFact, OrderFact.order_no) == orders_before
+
+
+def test_the_log_keeps_the_full_envelope(metrics_db, story):
+    _, uow = metrics_db
+    events = story.week()
+    record_all(uow, events)
+    with uow() as u:
+        kept = u.session.execute(select(EventLog).where(EventLog.event_id == events[2]["event_id"])).scalar_one()
+        assert kept.envelope == events[2] and kept.order_no == "O1" and kept.category == "urban-rural"
+
+
+def test_concurrent_events_of_one_order_all_reach_its_fact(metrics_db, story):
+    """Queues are consumed in parallel: events of one order must not overwrite each other's refold."""
+    _, uow = metrics_db
+    events = [e for e in story.week() if e["data"].get("order_no") == "O2"]
+    pool = eventlet.GreenPool(len(events))
+    for e in events:
+        pool.spawn(handlers.record_event, uow(), f"metrics.on_{e['type']}", e)
+    pool.waitall()
+    [order] = facts(uow, OrderFact, OrderFact.order_no)
+    expected = domain.fold_order("O2", events)
+    assert {k: order[k] for k in expected} == expected
+
+
+def test_an_unreadable_timestamp_costs_the_field_not_the_event(metrics_db, story):
+    _, uow = metrics_db
+    dispatched = story.dispatched("C9", "O9", "u", story.TANSHAN, "c", story.at(4, 9), 2, 3)
+    dispatched["data"]["accept_due_at"] = "x"
+    assert handlers.record_event(uow(), "metrics.on_order_dispatched", dispatched)
+    [order] = facts(uow, OrderFact, OrderFact.order_no)
+    assert order["accept_due_at"] is None and order["dispatched_at"] is not None
+
+
+@pytest.mark.parametrize("args, field", [
+    (("2025-13-01", "2025-03-09", "town"), "start"),
+    ((None, "2025-03-09", "town"), "start"),
+    (("2025-03-03", "next week", "town"), "end"),
+    (("2025-03-09", "2025-03-03", "town"), "end"),
+    (("2025-03-03", "2025-03-09", "case"), "group_by"),
+    (("2025-03-03", "2025-03-09", None), "group_by"),
+])
+def test_bad_kpi_queries_name_the_field(args, field):
+    with pytest.raises(ValidationError) as err:
+        handlers.kpis(None, *args)  # refused before any database is touched
+    assert list(err.value.fields) == [field]
+
+
+def test_the_series_are_read_from_the_database(metrics_db, story):
+    _, uow = metrics_db
+    record_all(uow, story.week())
+    registry = CollectorRegistry()
+    collector = DomainCollector()
+    registry.register(collector)
+    collector.publish(handlers.metrics_snapshot(uow()))
+    text = generate_latest(registry).decode()
+    t, g = story.TANSHAN, story.GUSHAO
+    for line in [
+        f'wuji_appeals_received_total{{channel="wechat",town="{t}"}} 2.0',
+        f'wuji_appeals_received_total{{channel="walk_in",town="{g}"}} 1.0',
+        f'wuji_orders_dispatched_total{{category="labour-social-security",town="{g}"}} 2.0',
+        f'wuji_orders_resolved_total{{category="urban-rural",town="{t}"}} 3.0',
+        f'wuji_orders_reopened_total{{category="urban-rural",town="{t}"}} 1.0',
+        f'wuji_orders_returned_total{{category="labour-social-security",town="{g}"}} 1.0',
+        f'wuji_orders_closed_total{{category="urban-rural",town="{t}"}} 2.0',
+        'wuji_ratings_total{satisfaction="basically_satisfied"} 1.0',
+        'wuji_ratings_total{satisfaction="unsatisfied"} 1.0',
+        f'wuji_orders{{status="dispatched",town="{g}"}} 1.0',
+        f'wuji_whistles_blown_total{{town="{g}"}} 1.0',
+        'wuji_forces_reported_in_total{within_deadline="true"} 1.0',
+        'wuji_events_recorded_total{type="appeal_received"} 6.0',
+        # O1 1 h and O2 3 h from dispatch to acceptance; O1 1 day, O2 4 days 1 h to first resolution
+        f'wuji_order_report_in_seconds_bucket{{le="3600.0",town="{t}"}} 1.0',
+        f'wuji_order_report_in_seconds_bucket{{le="14400.0",town="{t}"}} 2.0',
+        f'wuji_order_report_in_seconds_count{{town="{t}"}} 2.0',
+        f'wuji_order_report_in_seconds_sum{{town="{t}"}} 14400.0',
+        f'wuji_order_resolve_seconds_bucket{{le="86400.0",town="{t}"}} 1.0',
+        f'wuji_order_resolve_seconds_sum{{town="{t}"}} 435600.0',
+        f'wuji_order_resolve_seconds_count{{town="{g}"}} 1.0',
+    ]:
+        assert line in text.splitlines(), line
+    assert "C1" not in text and "O1" not in text  # no case or order numbers in labels
+
+
+def test_no_snapshot_serves_no_domain_samples():
+    registry = CollectorRegistry()
+    collector = DomainCollector()
+    registry.register(collector)
+    collector.publish(None)
+    samples = [line for line in generate_latest(registry).decode().splitlines()
+               if not line.startswith("#")]
+    assert samples == []
