@@ -163,6 +163,13 @@ def test_a_unit_without_webhook_gets_only_email(uow):
     assert len(ids) == 1
 
 
+def test_a_unit_notify_does_not_know_is_skipped_at_send_time(uow):
+    case_no = new_case()
+    [delivery_id] = record(uow, dispatched(case_no, unit_code="dept-nowhere"))
+    assert handlers.deliver(uow, delivery_id, outside(), FAST) == ("email", "skipped")
+    assert rows(uow, case_no)[0].reason == "unknown_unit"
+
+
 def test_a_unit_with_webhook_gets_both(uow):
     handlers.set_unit_contact(uow, {"unit_code": "dept-housing", "webhook_url": "https://hooks.test/x"})
     case_no = new_case()
