@@ -91,6 +91,9 @@ class Database(DependencyProvider):
 
 
 _exporters_started = {}
+# a stable, low-cardinality `kind` label whatever subclass implements the entrypoint
+ENTRYPOINT_KINDS = {"Rpc": "rpc", "HttpRequestHandler": "http", "EventHandler": "event",
+                    "ReliableEventHandler": "event", "Timer": "timer", "Consumer": "consumer"}
 
 
 class MetricsExporter(DependencyProvider):
@@ -117,7 +120,7 @@ class MetricsExporter(DependencyProvider):
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         entrypoint = worker_ctx.entrypoint
-        kind = type(entrypoint).__name__.lower()
+        kind = ENTRYPOINT_KINDS.get(type(entrypoint).__name__, type(entrypoint).__name__.lower())
         name = entrypoint.method_name
         started = self.started.pop(worker_ctx, None)
         metrics.WORKERS_BUSY.labels(self.service).dec()

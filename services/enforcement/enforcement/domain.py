@@ -10,9 +10,10 @@ Each called force, on its own: ``called`` → ``reported_in``, or ``called`` →
 by the deadline watcher) → ``reported_in`` (late). A late force still reports in; the lateness stays
 on record for the assessment (考核) that a later issue adds.
 """
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from wuji_common import privacy
 
 URGENCIES = ("emergency", "urgent", "normal")
 
@@ -163,10 +164,5 @@ def status_after_report_in(force_statuses: dict):
 
 # the outcome travels to triage and on to the citizen: enforcement staff sometimes write a party's
 # phone or ID number into it, which must not leave in an event
-PHONE_IN_TEXT = re.compile(r"(?<!\d)(1[3-9]\d{9}|0\d{2,3}-?\d{7,8})(?!\d)")
-ID_IN_TEXT = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")
-
-
 def redact_outcome(text):
-    text = ID_IN_TEXT.sub("[身份证号已隐藏]", text)
-    return PHONE_IN_TEXT.sub("[电话已隐藏]", text)
+    return privacy.redact_text(text)

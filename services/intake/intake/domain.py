@@ -1,8 +1,10 @@
 """Plain rules of intake: case numbers, tracking tokens, masking, and what the citizen is told."""
 import hashlib
 import hmac
-import re
 import secrets
+
+from wuji_common import privacy
+from wuji_common.privacy import mask_id_number, mask_name, mask_phone  # noqa: F401  (staff views)
 
 
 def case_no_for(received_at, sequence):
@@ -28,36 +30,10 @@ def citizen_ref(key, phone=None, id_number=None):
     return hmac.new(key.encode("utf-8"), value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
-PHONE_IN_TEXT = re.compile(r"(?<!\d)(1[3-9]\d{9}|0\d{2,3}-?\d{7,8})(?!\d)")
-ID_IN_TEXT = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")
-
-
 def redact_text(text, citizen=None):
-    """The appeal's text as it may leave intake: citizens often write their phone, ID number or name
-    into the message itself; those are masked before the text goes into an event."""
-    text = ID_IN_TEXT.sub("[身份证号已隐藏]", text)
-    text = PHONE_IN_TEXT.sub("[电话已隐藏]", text)
-    if citizen and citizen.get("name") and len(citizen["name"]) >= 2:
-        text = text.replace(citizen["name"], mask_name(citizen["name"]))
-    return text
-
-
-def mask_phone(phone):
-    if not phone:
-        return phone
-    return phone[:3] + "****" + phone[-4:] if len(phone) >= 8 else "****"
-
-
-def mask_name(name):
-    if not name:
-        return name
-    return name[0] + "*" * max(1, len(name) - 1)
-
-
-def mask_id_number(id_number):
-    if not id_number:
-        return id_number
-    return id_number[:4] + "*" * 10 + id_number[-4:]
+    """The appeal's text as it may leave intake: the citizen's phone, ID number or name written
+    into the message itself are masked before the text goes into an event."""
+    return privacy.redact_text(text, names=[citizen["name"]] if citizen and citizen.get("name") else ())
 
 
 def masked_citizen(contact):
