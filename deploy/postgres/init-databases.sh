@@ -26,6 +26,10 @@ for svc in "${SERVICES[@]}"; do
         echo "init-databases: $var must be set to at least 16 URL-safe characters (A-Z a-z 0-9 . _ ~ -)" >&2
         exit 1
     fi
+    if [[ "$password" == replace-me* ]]; then
+        echo "init-databases: $var still has the placeholder from .env.example" >&2
+        exit 1
+    fi
     name="$prefix$svc"
     # psql variables (:"name" quotes an identifier, :'password' a literal): nothing is spliced into SQL
     psql_admin -v name="$name" -v password="$password" <<'SQL'

@@ -32,6 +32,10 @@ password_from() {
         echo "init-users: $var must be set to at least 16 URL-safe characters (A-Z a-z 0-9 . _ ~ -)" >&2
         return 1
     fi
+    if [[ "$value" == replace-me* ]]; then
+        echo "init-users: $var still has the placeholder from .env.example" >&2
+        return 1
+    fi
     printf '%s' "$value"
 }
 
