@@ -1,7 +1,7 @@
 """notify's providers: its database (unit of work + outbox relay), the channels, the delivery
 policy, and a timer whose interval comes from config."""
+from nameko import timer as nameko_timer
 from nameko.extensions import DependencyProvider
-from nameko.timer import Timer
 
 from notify.channels import EmailChannel, WebhookChannel
 from notify.handlers import Policy
@@ -54,9 +54,10 @@ class DeliveryPolicy(DependencyProvider):
         return self.policy
 
 
-class ConfiguredTimer(Timer):
+class Timer(nameko_timer.Timer):
     """nameko's timer with its interval read from config at setup (``config_key``), so tests and
-    deployments can set it; fires once at start (eager) to pick up what a crash left behind."""
+    deployments can set it; fires once at start (eager) to pick up what a crash left behind. Keeps
+    nameko's class name, so that metrics label its calls kind="timer"."""
 
     def __init__(self, config_key, default_interval, eager=True, **kwargs):
         super().__init__(interval=default_interval, eager=eager, **kwargs)
@@ -66,4 +67,4 @@ class ConfiguredTimer(Timer):
         self.interval = float(self.container.config.get(self.config_key, self.interval))
 
 
-configured_timer = ConfiguredTimer.decorator
+configured_timer = Timer.decorator

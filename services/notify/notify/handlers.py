@@ -16,6 +16,7 @@ delivery id travels with every send (Message-ID, X-Wuji-Delivery) so that receiv
 """
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -250,11 +251,15 @@ def deliver(uow, delivery_id, outside, policy):
     return claim.channel, record_outcome(uow, claim, attempt(claim, outside, policy), policy)
 
 
-def send_due(uow, outside, policy, limit=50):
+def send_due(uow, outside, policy, limit=50, budget_seconds=10.0, clock=time.monotonic):
     """Send up to ``limit`` due deliveries, one claim at a time (a claim outlasts one send, not a
-    batch); returns [(channel, new status), ...]."""
+    batch), and claim no more after ``budget_seconds`` so that one run stays short (a stopping
+    service waits for it); returns [(channel, new status), ...]."""
     done = []
+    started = clock()
     for _ in range(limit):
+        if clock() - started > budget_seconds:
+            break
         claim = claim_next_due(uow, policy)
         if claim is None:
             break

@@ -262,6 +262,14 @@ def test_a_retry_waits_for_its_backoff(uow):
     assert rows(uow, case_no)[0].next_attempt_at is not None
 
 
+def test_one_sweep_claims_nothing_after_its_time_budget(uow):
+    for _ in range(3):
+        record(uow, received(new_case()))
+    ticks = iter([0, 1, 2, 99, 99])
+    sent = handlers.send_due(uow, outside(), FAST, budget_seconds=5, clock=lambda: next(ticks))
+    assert len(sent) == 2
+
+
 def test_intake_not_answering_is_a_transient_failure(uow):
     case_no = new_case()
     [delivery_id] = record(uow, received(case_no))
