@@ -49,10 +49,11 @@ def load_classifier(path=None):
 
 
 def build_router(taxonomy_path=None, classifier="auto", model_path=None):
-    """``classifier``: "auto" uses the model file if there is one, "off" never does."""
+    """``classifier``: "auto" uses the model file if there is one; "off" never does (YAML reads an
+    unquoted ``off`` from the environment as False, which means off too)."""
     taxonomy = load_taxonomy(taxonomy_path or None)
-    model = load_classifier(model_path or None) if str(classifier).lower() != "off" else None
-    return Router(taxonomy, model)
+    off = classifier is False or str(classifier).lower() in ("off", "false", "no", "0")
+    return Router(taxonomy, None if off else load_classifier(model_path or None))
 
 
 class RouterProvider(DependencyProvider):
@@ -63,7 +64,7 @@ class RouterProvider(DependencyProvider):
 
     def setup(self):
         config = self.container.config
-        self.router = build_router(config.get("TAXONOMY_PATH"), config.get("CLASSIFIER") or "auto",
+        self.router = build_router(config.get("TAXONOMY_PATH"), config.get("CLASSIFIER", "auto"),
                                    config.get("MODEL_PATH"))
         log.info("triage routes with %s, taxonomy %s", self.router.version, self.router.taxonomy.version)
 

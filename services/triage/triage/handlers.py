@@ -79,11 +79,11 @@ def dispatch_appeal(uow, router, consumer, envelope, now=None):
             uow.commit()  # keep the dedup record: this event is done with
             return None
         town_code, village_code = _location(s, data["town_code"], data["village_code"])
-        appeal = s.get(Appeal, case_no) or Appeal(case_no=case_no)
-        appeal.channel, appeal.title, appeal.content = data["channel"], data["title"], data["content"]
-        appeal.town_code, appeal.village_code = town_code, village_code
-        appeal.citizen_ref = data["citizen_ref"]
-        appeal.received_at = datetime.fromisoformat(data["received_at"])
+        # no order yet, so no appeal row yet either (a racing duplicate clashes on the key and retries)
+        appeal = Appeal(case_no=case_no, channel=data["channel"], title=data["title"],
+                        content=data["content"], town_code=town_code, village_code=village_code,
+                        citizen_ref=data["citizen_ref"],
+                        received_at=datetime.fromisoformat(data["received_at"]))
         s.add(appeal)
         routing = router.route(assessment, town_code, village_code, _unit_lookup(s))
         order = _open_order(uow, appeal, routing, now or domain.utcnow())
@@ -94,14 +94,15 @@ def dispatch_appeal(uow, router, consumer, envelope, now=None):
 
 def _location(s, town_code, village_code):
     """The appeal's town (it must be one of ours) and its village if that lies in the town."""
-    town = s.get(Division, town_code)
+    codes = [town_code, village_code] if village_code else [town_code]
+    found = {d.code: d for d in s.execute(select(Division).where(Division.code.in_(codes))).scalars()}
+    town = found.get(town_code)
     if town is None or town.level != "town":
         raise ValidationError("appeal_received for an unknown town",
                               {"town_code": [f"{town_code} is not a town of the district"]})
-    if village_code:
-        village = s.get(Division, village_code)
-        if village is None or village.parent_code != town_code:
-            village_code = None  # route to the town office rather than to a wrong grid worker
+    village = found.get(village_code)
+    if village is None or village.parent_code != town_code:
+        village_code = None  # route to the town office rather than to a wrong grid worker
     return town_code, village_code
 
 

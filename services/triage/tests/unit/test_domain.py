@@ -200,6 +200,7 @@ def test_the_router_runs_with_or_without_a_model_file():
     a = router.assess("村口路灯不亮", "阴平镇金寺村村口的路灯坏了一个多月")
     assert a.item.code == "village-facilities"
     assert build_router(classifier="off").classifier is None
+    assert build_router(classifier=False).classifier is None  # TRIAGE_CLASSIFIER=off read by YAML
 
 
 # --- deadlines and the life cycle -----------------------------------------------------------
