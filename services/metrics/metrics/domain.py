@@ -37,6 +37,7 @@ SATISFIED = ("satisfied", "basically_satisfied")
 GROUP_BY = ("town", "unit", "category")
 TOTAL = "total"
 
+OPEN_STATUSES = ("dispatched", "accepted", "reopened")  # with the unit, not yet resolved
 ORDER_EVENTS = ("order_dispatched", "order_accepted", "order_progressed", "order_returned",
                 "order_resolved", "order_reopened", "order_closed")
 APPEAL_EVENTS = ("appeal_received", "order_dispatched", "appeal_rated")
@@ -208,6 +209,20 @@ def appeal_counts(appeal, window):
         "rated": int(rated),
         "satisfied": int(rated and _get(appeal, "satisfaction") in SATISFIED),
     }
+
+
+def overdue_stage(order, now):
+    """Which deadline an open order has let pass by ``now``: "resolve" (办结 overdue, whatever
+    happened to acceptance), else "accept" (not yet accepted/签收 past its deadline), else None."""
+    status = _get(order, "status")
+    if status not in OPEN_STATUSES:
+        return None
+    resolve_due, accept_due = _get(order, "resolve_due_at"), _get(order, "accept_due_at")
+    if resolve_due is not None and resolve_due < now:
+        return "resolve"
+    if status == "dispatched" and accept_due is not None and accept_due < now:
+        return "accept"
+    return None
 
 
 # --- rates --------------------------------------------------------------------------------------

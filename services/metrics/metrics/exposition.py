@@ -79,6 +79,13 @@ def build_families(snapshot):
         statuses.add_metric(_labels(labels), n)
     families.append(statuses)
 
+    overdue = GaugeMetricFamily(
+        "wuji_orders_overdue", "Open work orders past a deadline now: stage=resolve (办结超期) or "
+        "stage=accept (签收超期, not yet accepted); each order counts once", labels=["town", "stage"])
+    for labels, n in snap.get("orders_overdue", []):
+        overdue.add_metric(_labels(labels), n)
+    families.append(overdue)
+
     enforcement = {kind: CounterMetricFamily(name, doc, labels=["town"])
                    for kind, (name, doc) in ENFORCEMENT_COUNTERS.items()}
     for (kind, town), n in snap.get("enforcement_events", []):

@@ -7,6 +7,7 @@
   are right after a restart and the same in every instance.
 """
 import logging
+from datetime import timezone
 
 from marshmallow import ValidationError as SchemaError
 from sqlalchemy import and_, case, func, or_, select
@@ -113,7 +114,7 @@ def kpis(uow, start, end, group_by, tz="Asia/Shanghai", now=None):
     except SchemaError as err:
         raise ValidationError("请求参数有误", err.normalized_messages()) from None
     window = domain.Window(query["start"], query["end"], tz)
-    now = now or utcnow()
+    now = _utc(now)
     key = domain.group_key(query["group_by"])
     with uow:
         counts = {}
@@ -122,6 +123,11 @@ def kpis(uow, start, end, group_by, tz="Asia/Shanghai", now=None):
             counts.setdefault(group, {}).update(row)
     rows = domain.assemble(counts, group_names(query["group_by"]))
     return KpiRowSchema(many=True).dump(rows)
+
+
+def _utc(now):
+    # SQLite stores datetimes without their offset: every instant compared in SQL must be UTC
+    return (now or utcnow()).astimezone(timezone.utc)
 
 
 def _count(condition):
@@ -179,10 +185,15 @@ def group_names(group_by):
 
 # --- Prometheus ---------------------------------------------------------------------------------
 
-def metrics_snapshot(uow):
+def metrics_snapshot(uow, now=None):
     """Every number behind the domain series, read from the log and the facts. Counts of the log only
     grow (it is append-only), so they are exposed as counters that survive restarts."""
     e, o, a = EventLog, OrderFact, AppealFact
+    now = _utc(now)
+    # the SQL form of domain.overdue_stage
+    resolve_late = and_(o.status.in_(domain.OPEN_STATUSES), o.resolve_due_at < now)
+    accept_late = and_(o.status == "dispatched", o.accept_due_at < now)
+    stage = case((resolve_late, "resolve"), else_="accept")
     with uow:
         s = uow.session
 
@@ -200,6 +211,9 @@ def metrics_snapshot(uow):
             "ratings": rows(_by_payload_field(e, "appeal_rated", "satisfaction")),
             "orders_by_status": rows(
                 select(o.town_code, o.status, func.count()).group_by(o.town_code, o.status)),
+            "orders_overdue": rows(
+                select(o.town_code, stage, func.count()).where(or_(resolve_late, accept_late))
+                .group_by(o.town_code, stage)),
             "enforcement_events": rows(
                 select(e.type, e.town_code, func.count())
                 .where(e.type.in_(ENFORCEMENT_EVENTS)).group_by(e.type, e.town_code)),

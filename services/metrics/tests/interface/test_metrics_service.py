@@ -58,7 +58,7 @@ def sample(lines, prefix):
 
 def handler_calls(config, method):
     return sample(scrape(config), f'wuji_entrypoint_calls_total{{entrypoint="{method}",'
-                                  f'kind="reliableeventhandler",outcome="ok",service="metrics"}}') or 0
+                                  f'kind="event",outcome="ok",service="metrics"}}') or 0
 
 
 def test_published_events_become_kpis_and_series_that_survive_a_restart(service, amqp_uri, story):

@@ -242,3 +242,21 @@ def test_group_by_is_one_of_town_unit_category():
     assert [domain.group_key(g) for g in domain.GROUP_BY] == ["town_code", "unit_code", "category"]
     with pytest.raises(ValueError):
         domain.group_key("case_no")
+
+
+# --- overdue ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields, now, stage", [
+    ({"status": "dispatched", "accepted_at": None}, t(4, 10), None),          # nothing due yet
+    ({"status": "dispatched", "accepted_at": None}, t(4, 12), "accept"),      # 签收 overdue
+    ({"status": "accepted"}, t(4, 12), None),                                  # accepted, late or not
+    ({"status": "accepted", "resolve_due_at": t(6, 9)}, t(6, 10), "resolve"),
+    ({"status": "dispatched", "resolve_due_at": t(6, 9)}, t(6, 10), "resolve"),  # counted once
+    ({"status": "reopened", "resolve_due_at": t(9, 9)}, t(9, 10), "resolve"),
+    ({"status": "resolved", "resolve_due_at": t(6, 9)}, t(7, 10), None),
+    ({"status": "returned", "accepted_at": None}, t(5, 0), None),
+    ({"status": "closed", "resolve_due_at": t(6, 9)}, t(7, 10), None),
+])
+def test_an_open_order_is_overdue_at_its_most_advanced_passed_deadline(fields, now, stage):
+    order = an_order(**{"resolve_due_at": t(7, 9), **fields})
+    assert domain.overdue_stage(order, now) == stage

@@ -80,6 +80,23 @@ def test_sql_aggregation_agrees_with_the_definitions_in_domain(metrics_db, story
     assert reference[-1]["orders"] > 10 and reference[-1]["reopened"] > 0  # the data exercises them
 
 
+def test_sql_overdue_counts_agree_with_the_definition_in_domain(metrics_db, story):
+    _, uow = metrics_db
+    record_all(uow, story.week() + story.random_history(seed=5))
+    orders = facts(uow, OrderFact, OrderFact.order_no)
+    stages_seen = set()
+    for now in (story.at(3, 12), story.at(5, 0), story.at(9, 12), NOW):
+        expected = {}
+        for order in orders:
+            stage = domain.overdue_stage(order, now)
+            if stage:
+                key = (order["town_code"], stage)
+                expected[key] = expected.get(key, 0) + 1
+                stages_seen.add(stage)
+        assert dict(handlers.metrics_snapshot(uow(), now)["orders_overdue"]) == expected, now
+    assert stages_seen == {"accept", "resolve"}
+
+
 def renamed(events, prefix):
     """The same history for other cases and orders, with new event ids."""
     out = copy.deepcopy(events)
@@ -180,7 +197,7 @@ def test_the_series_are_read_from_the_database(metrics_db, story):
     registry = CollectorRegistry()
     collector = DomainCollector()
     registry.register(collector)
-    collector.publish(handlers.metrics_snapshot(uow()))
+    collector.publish(handlers.metrics_snapshot(uow(), now=NOW))
     text = generate_latest(registry).decode()
     t, g = story.TANSHAN, story.GUSHAO
     for line in [
@@ -194,6 +211,7 @@ def test_the_series_are_read_from_the_database(metrics_db, story):
         'wuji_ratings_total{satisfaction="basically_satisfied"} 1.0',
         'wuji_ratings_total{satisfaction="unsatisfied"} 1.0',
         f'wuji_orders{{status="dispatched",town="{g}"}} 1.0',
+        f'wuji_orders_overdue{{stage="resolve",town="{g}"}} 1.0',  # O4, never accepted
         f'wuji_whistles_blown_total{{town="{g}"}} 1.0',
         'wuji_forces_reported_in_total{within_deadline="true"} 1.0',
         'wuji_events_recorded_total{type="appeal_received"} 6.0',
