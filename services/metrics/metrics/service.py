@@ -13,6 +13,7 @@ from nameko.rpc import rpc
 from metrics import handlers
 from metrics.dependencies import DomainMetrics, KpiTimeZone, MetricsDatabase, MetricsExporter
 from metrics.entrypoints import config_timer
+from wuji_common import metrics as common_metrics
 from wuji_common.entrypoints import event_handler
 from wuji_common.errors import ValidationError
 
@@ -43,7 +44,9 @@ class MetricsService:
 
     # --- events ---------------------------------------------------------------------------------
     def _record(self, envelope, method):
-        handlers.record_event(self.uow(), f"metrics.{method}", envelope)
+        consumer = f"metrics.{method}"
+        if not handlers.record_event(self.uow(), consumer, envelope):
+            common_metrics.EVENTS_DUPLICATE.labels(self.name, consumer).inc()
 
     @event_handler("intake", "appeal_received")
     def on_appeal_received(self, envelope):

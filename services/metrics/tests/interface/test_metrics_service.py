@@ -61,6 +61,11 @@ def handler_calls(config, method):
                                   f'kind="event",outcome="ok",service="metrics"}}') or 0
 
 
+def duplicates_dropped(config, consumer):
+    return sample(scrape(config), f'wuji_events_duplicates_dropped_total{{consumer="{consumer}",'
+                                  f'service="metrics"}}') or 0
+
+
 def test_published_events_become_kpis_and_series_that_survive_a_restart(service, amqp_uri, story):
     config, start = service
     container = start()
@@ -116,8 +121,10 @@ def test_a_redelivered_event_is_dropped(service, amqp_uri, story):
         before = rpc.kpis(*story.WINDOW, "unit")
         reopened = next(e for e in events if e["type"] == "order_reopened")
         calls = handler_calls(config, "on_order_reopened")
+        dropped = duplicates_dropped(config, "metrics.on_order_reopened")
         publish_event(amqp_uri, reopened)  # the broker delivers it again
         assert wait_until(lambda: handler_calls(config, "on_order_reopened") == calls + 1)
+        assert duplicates_dropped(config, "metrics.on_order_reopened") == dropped + 1
         assert rpc.event_count() == len(events)
         assert rpc.kpis(*story.WINDOW, "unit") == before
 
