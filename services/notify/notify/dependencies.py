@@ -3,6 +3,7 @@ policy, and a timer whose interval comes from config."""
 from nameko import timer as nameko_timer
 from nameko.extensions import DependencyProvider
 
+from notify import content
 from notify.channels import EmailChannel, WebhookChannel
 from notify.handlers import Policy
 from notify.models import metadata
@@ -52,6 +53,17 @@ class DeliveryPolicy(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return self.policy
+
+
+class NotificationRules(DependencyProvider):
+    """notify/data/rules.yml, read and checked at start: a mistake in it stops the service from
+    starting instead of failing on the first event."""
+
+    def setup(self):
+        self.rules = content.rules()
+
+    def get_dependency(self, worker_ctx):
+        return self.rules
 
 
 class Timer(nameko_timer.Timer):

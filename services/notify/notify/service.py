@@ -14,9 +14,10 @@ import logging
 from nameko.rpc import rpc
 from prometheus_client import Counter
 
-from notify import content, handlers
+from notify import handlers
 from notify.dependencies import (
-    BoundedRpcProxy, Channels, DeliveryPolicy, MetricsExporter, NotifyDatabase, configured_timer,
+    BoundedRpcProxy, Channels, DeliveryPolicy, MetricsExporter, NotificationRules, NotifyDatabase,
+    configured_timer,
 )
 from wuji_common.entrypoints import event_handler
 from wuji_common.errors import EXPECTED
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 INTAKE_TIMEOUT = 5.0
 
 DELIVERIES = Counter("wuji_notify_deliveries_total",
-                     "Delivery attempts by channel and outcome (pending: a retry is scheduled)", ["channel", "status"])
+                     "Delivery attempts by channel and outcome (pending: a retry is scheduled)",
+                     ["channel", "status"])
 
 
 class NotifyService:
@@ -36,6 +38,7 @@ class NotifyService:
     intake = BoundedRpcProxy("intake", timeout=INTAKE_TIMEOUT)
     channels = Channels()
     policy = DeliveryPolicy()
+    rules = NotificationRules()
     metrics = MetricsExporter()
 
     def _outside(self):
@@ -48,7 +51,7 @@ class NotifyService:
                 DELIVERIES.labels(channel, status).inc()
 
     def _notify(self, method_name, envelope):
-        ids = handlers.record_event(self.uow(), f"notify.{method_name}", envelope, content.rules())
+        ids = handlers.record_event(self.uow(), f"notify.{method_name}", envelope, self.rules)
         for delivery_id in ids:
             self._deliver_now(delivery_id)
 
