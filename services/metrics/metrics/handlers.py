@@ -217,15 +217,17 @@ def metrics_snapshot(uow, now=None):
             "enforcement_events": rows(
                 select(e.type, e.town_code, func.count())
                 .where(e.type.in_(ENFORCEMENT_EVENTS)).group_by(e.type, e.town_code)),
-            "forces_reported_in": rows(_by_payload_field(e, "force_reported_in", "within_deadline")),
+            "forces_reported_in": rows(
+                _by_payload_field(e, "force_reported_in", "within_deadline", as_boolean=True)),
             "report_in_seconds": _histogram(s, o.report_in_seconds, REPORT_IN_BUCKETS),
             "resolve_seconds": _histogram(s, o.resolve_seconds, RESOLVE_BUCKETS),
         }
 
 
-def _by_payload_field(e, event_type, field):
-    value = e.envelope[("data", field)].as_string() if field != "within_deadline" \
-        else e.envelope[("data", field)].as_boolean()
+def _by_payload_field(e, event_type, field, as_boolean=False):
+    """Counts of one event type by a field of its payload (JSON path: portable across databases)."""
+    path = e.envelope[("data", field)]
+    value = path.as_boolean() if as_boolean else path.as_string()
     return select(value, func.count()).where(e.type == event_type).group_by(value)
 
 
