@@ -5,6 +5,8 @@
 - Mutating calls take an idempotency key (scoped to the order and the unit): a retry returns the
   first result.
 - Data, events (outbox) and dedup records commit together, or nothing does.
+- Units' free text (reasons, notes, resolutions) is kept as written for the units, and redacted
+  (phones, ID numbers) in the events that leave triage.
 - Two writers racing on one order: the loser's update is rejected by the order's version number (or
   a unique key) and the use case runs again on fresh data, where it either succeeds or fails with a
   typed error (e.g. InvalidTransition).
@@ -27,6 +29,7 @@ from triage.schemas import (
 )
 from wuji_common.errors import InvalidTransition, NotFound, NotYourOrder, ValidationError
 from wuji_common.events import CATALOGUE
+from wuji_common.privacy import redact_text
 
 CONFLICT_ATTEMPTS = 3
 
@@ -227,7 +230,8 @@ def return_order(uow, router, order_no, unit_code, reason, idempotency_key, now=
         assessment = router.assess(appeal.title, appeal.content)
         routing = router.route(assessment, appeal.town_code, appeal.village_code, _unit_lookup(s),
                                excluded)
-        uow.emit("order_returned", order.case_no, {**_event_base(order), "reason": args["reason"]})
+        uow.emit("order_returned", order.case_no, {**_event_base(order),
+                                                   "reason": redact_text(args["reason"])})
         _open_order(uow, appeal, routing, now, previous=order)
         return _finish(uow, "return_order", key, order)
 
@@ -248,7 +252,8 @@ def add_progress(uow, order_no, unit_code, note, idempotency_key, now=None):
         now = now or domain.utcnow()
         order.updated_at = now
         s.add(ProgressNote(order_no=order_no, unit_code=unit_code, note=args["note"], at=now))
-        uow.emit("order_progressed", order.case_no, {**_event_base(order), "note": args["note"]})
+        uow.emit("order_progressed", order.case_no, {**_event_base(order),
+                                                     "note": redact_text(args["note"])})
         return _finish(uow, "add_progress", key, order)
 
 
@@ -272,7 +277,7 @@ def _resolve(uow, order, resolution, now):
     order.resolution = resolution
     order.resolved_at = order.updated_at = now
     uow.emit("order_resolved", order.case_no, {
-        **_event_base(order), "resolution": resolution, "resolved_at": iso(now),
+        **_event_base(order), "resolution": redact_text(resolution), "resolved_at": iso(now),
         "within_deadline": domain.within(now, aware(order.resolve_due_at))})
 
 

@@ -221,6 +221,17 @@ def test_resolve_after_acceptance(db, dispatched, outbox_events):
     assert event["data"]["within_deadline"] is False  # 3 days allowed, 4 taken
 
 
+def test_units_free_text_leaves_triage_without_phone_or_id_numbers(db, dispatched, router, outbox_events):
+    accept(db, dispatched)
+    handlers.add_progress(db(), dispatched, GRID, "已电话联系13812345678", "p1")
+    handlers.resolve_order(db(), dispatched, GRID, "身份证11010519491231002X的户主已确认修好", "r1")
+    text = json.dumps(outbox_events(db), ensure_ascii=False)
+    assert "13812345678" not in text and "11010519491231002X" not in text
+    assert "[电话已隐藏]" in text
+    # the unit still sees what it wrote
+    assert handlers.get_order(db(), dispatched)["progress"][0]["note"] == "已电话联系13812345678"
+
+
 def test_orders_are_dumped_as_json_primitives(db, dispatched):
     view = handlers.get_order(db(), dispatched)
     assert json.loads(json.dumps(view)) == view
