@@ -159,10 +159,16 @@ class BoundedRpcProxy(RpcProxy):
     """RpcProxy whose calls give up after ``timeout`` seconds; the request message expires too, so
     a stopped service does not run stale calls when it starts again."""
 
-    def __init__(self, target_service, timeout=5.0, **options):
-        options.setdefault("expiration", timeout)
+    def __init__(self, target_service, timeout=None, **options):
         super().__init__(target_service, **options)
         self.timeout = timeout
+
+    def setup(self):
+        super().setup()
+        # config RPC_TIMEOUT_SECONDS (default 5) unless the service fixed a bound in code
+        if self.timeout is None:
+            self.timeout = float(self.container.config.get("RPC_TIMEOUT_SECONDS", 5))
+        self.options.setdefault("expiration", self.timeout)
 
     def get_dependency(self, worker_ctx):
         proxy = ServiceProxy(worker_ctx, self.target_service, self.rpc_reply_listener, **self.options)

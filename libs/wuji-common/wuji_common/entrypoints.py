@@ -14,11 +14,13 @@ Queues, per handler (nameko's name ``evt-<source>-<type>--<service>.<method>``):
 import logging
 
 from kombu import Connection, Exchange, Queue
+from nameko import timer as nameko_timer
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
 
 from wuji_common import metrics
+from wuji_common.errors import WujiError
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,10 @@ class ReliableEventHandler(EventHandler):
         headers[ATTEMPT_HEADER] = attempt
         service = self.container.service_name
         exc = exc_info[1]
-        # type and a short message only: exception text must not carry personal data
-        headers["x-wuji-error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        # the type only, except for the platform's own typed errors: other exception text (e.g. a
+        # database error with its bound parameters) can carry personal data into the queues
+        headers["x-wuji-error"] = f"{type(exc).__name__}: {str(exc)[:200]}" \
+            if isinstance(exc, WujiError) else type(exc).__name__
         if attempt <= len(self.delays):
             target = f"{self.queue.name}.retry.{attempt}"
             metrics.EVENTS_RETRIED.labels(service, self.consumer_name).inc()
@@ -94,3 +98,21 @@ class ReliableEventHandler(EventHandler):
 
 
 event_handler = ReliableEventHandler.decorator
+
+
+class Timer(nameko_timer.Timer):
+    """nameko's timer with its interval read from ``config[config_key]`` at setup (nameko's takes it
+    at decoration time, before any config exists), so that deployments and tests can tune it.
+    ``eager`` fires once at start, to pick up what a crash or a stop left due. Keeps nameko's class
+    name, so that metrics label its calls kind="timer"."""
+
+    def __init__(self, config_key, default_interval, eager=False, **kwargs):
+        super().__init__(interval=default_interval, eager=eager, **kwargs)
+        self.config_key = config_key
+
+    def setup(self):
+        super().setup()
+        self.interval = float(self.container.config.get(self.config_key, self.interval))
+
+
+config_timer = Timer.decorator

@@ -1,6 +1,5 @@
 """notify's providers: its database (unit of work + outbox relay), the channels, the delivery
-policy, and a timer whose interval comes from config."""
-from nameko import timer as nameko_timer
+policy."""
 from nameko.extensions import DependencyProvider
 
 from notify import content
@@ -66,17 +65,4 @@ class NotificationRules(DependencyProvider):
         return self.rules
 
 
-class Timer(nameko_timer.Timer):
-    """nameko's timer with its interval read from config at setup (``config_key``), so tests and
-    deployments can set it; fires once at start (eager) to pick up what a crash left behind. Keeps
-    nameko's class name, so that metrics label its calls kind="timer"."""
 
-    def __init__(self, config_key, default_interval, eager=True, **kwargs):
-        super().__init__(interval=default_interval, eager=eager, **kwargs)
-        self.config_key = config_key
-
-    def setup(self):
-        self.interval = float(self.container.config.get(self.config_key, self.interval))
-
-
-configured_timer = Timer.decorator

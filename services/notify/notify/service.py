@@ -17,14 +17,11 @@ from prometheus_client import Counter
 from notify import handlers
 from notify.dependencies import (
     BoundedRpcProxy, Channels, DeliveryPolicy, MetricsExporter, NotificationRules, NotifyDatabase,
-    configured_timer,
 )
-from wuji_common.entrypoints import event_handler
+from wuji_common.entrypoints import config_timer, event_handler
 from wuji_common.errors import EXPECTED
 
 log = logging.getLogger(__name__)
-
-INTAKE_TIMEOUT = 5.0
 
 DELIVERIES = Counter("wuji_notify_deliveries_total",
                      "Delivery attempts by channel and outcome (pending: a retry is scheduled)",
@@ -35,7 +32,7 @@ class NotifyService:
     name = "notify"
 
     uow = NotifyDatabase()
-    intake = BoundedRpcProxy("intake", timeout=INTAKE_TIMEOUT)
+    intake = BoundedRpcProxy("intake")  # bound: config RPC_TIMEOUT_SECONDS
     channels = Channels()
     policy = DeliveryPolicy()
     rules = NotificationRules()
@@ -82,7 +79,7 @@ class NotifyService:
         self._notify("on_order_resolved", envelope)
 
     # --- retries and crash recovery ------------------------------------------------------------
-    @configured_timer("DELIVERY_SWEEP_SECONDS", 5)
+    @config_timer("DELIVERY_SWEEP_SECONDS", 5, eager=True)
     def send_due(self):
         """Due retries and deliveries left pending by a crash (also once at start)."""
         self._count(handlers.send_due(self.uow(), self._outside(), self.policy))
