@@ -66,6 +66,10 @@ class RouterProvider(DependencyProvider):
         config = self.container.config
         self.router = build_router(config.get("TAXONOMY_PATH"), config.get("CLASSIFIER", "auto"),
                                    config.get("MODEL_PATH"))
+        if self.router.classifier is not None:
+            # the first classification loads the tokenizer's dictionary (about a second): do it
+            # now, not inside the first appeal's handler where it would block the hub
+            self.router.assess("预热", "启动时预热分类模型")
         log.info("triage routes with %s, taxonomy %s", self.router.version, self.router.taxonomy.version)
 
     def get_dependency(self, worker_ctx):
