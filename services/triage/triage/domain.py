@@ -256,7 +256,9 @@ class Router:
         if self.classifier is None:
             return []
         result = self.classifier.classify(title, content)
-        ranked = list(getattr(result, "ranked", None) or [(result.label, result.probability)])
+        ranked = getattr(result, "ranked", None) or [(result.label, result.probability)]
+        if isinstance(ranked, dict):  # {label: probability}
+            ranked = sorted(ranked.items(), key=lambda pair: -pair[1])
         out = []
         for label, probability in ranked:
             code = self.taxonomy.labels.get(label)

@@ -189,6 +189,14 @@ def test_an_unsure_classifier_leaves_it_to_keywords_or_the_fallback(taxonomy):
     assert [i.code for i in a.items[1:3]] == ["health-other", "education-other"]
 
 
+def test_ranked_labels_may_come_as_a_mapping(taxonomy):
+    router = Router(taxonomy, FixedClassifier(("环境保护", 0.9)))
+    router.classifier.classify = lambda s, b: Classification("环境保护", 0.9, {"城乡建设": 0.1, "环境保护": 0.9})
+    a = router.assess("反映情况", "附近一直有问题")
+    assert (a.item.code, a.confidence) == ("environment-other", 0.9)
+    assert a.items[1].code == "urban-rural-other"
+
+
 def test_labels_the_taxonomy_does_not_know_are_ignored(taxonomy):
     router = Router(taxonomy, FixedClassifier(("外星来客", 0.99)))
     assert router.assess("反映", "一件事").basis == "fallback"
