@@ -86,13 +86,18 @@ def dispatch_appeal(uow, router, consumer, envelope, now=None):
         appeal = Appeal(case_no=case_no, channel=data["channel"], title=data["title"],
                         content=data["content"], town_code=town_code, village_code=village_code,
                         citizen_ref=data["citizen_ref"],
-                        received_at=datetime.fromisoformat(data["received_at"]))
+                        received_at=_timestamp(data["received_at"]))
         s.add(appeal)
         routing = router.route(assessment, town_code, village_code, _unit_lookup(s))
         order = _open_order(uow, appeal, routing, now or domain.utcnow())
         uow.commit()
         return {"order_no": order.order_no, "level": order.level, "unit_code": order.unit_code,
                 "routing_basis": order.routing_basis, "policy": order.policy}
+
+
+def _timestamp(value):
+    # the catalogue's schema may hand a time over parsed or as its ISO 8601 text
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
 def _location(s, town_code, village_code):
