@@ -379,3 +379,20 @@ def test_the_migrations_build_exactly_the_models(triage_db):
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     engine.dispose()
+
+
+def test_racing_deliveries_of_one_appeal_still_make_one_order(triage_db, router, appeal_received):
+    """Deliveries of the same appeal (same and different event ids) handled at the same time, as
+    several workers would: the unique keys turn the losers into retries that find the order."""
+    import eventlet
+    url, db = triage_db
+    if url.startswith("sqlite"):
+        pytest.skip("SQLite serialises writers; the race needs concurrent transactions")
+    pool = eventlet.GreenPool()
+    for n in range(5):
+        envelope = appeal_received(case_no=f"YC2026112510000{n}")
+        for event in (envelope, envelope, appeal_received(case_no=f"YC2026112510000{n}")):
+            pool.spawn(handlers.dispatch_appeal, db(), router, CONSUMER, event)
+    pool.waitall()
+    per_case = [o.case_no for o in orders(db)]
+    assert sorted(per_case) == [f"YC2026112510000{n}" for n in range(5)]
