@@ -19,6 +19,8 @@ psql_admin() {
         --dbname "${POSTGRES_DB:-postgres}" "$@"
 }
 
+# every password is checked before anything changes in the database
+declare -A passwords
 for svc in "${SERVICES[@]}"; do
     var="${svc^^}_DB_PASSWORD"
     password="${!var:-}"
@@ -30,9 +32,13 @@ for svc in "${SERVICES[@]}"; do
         echo "init-databases: $var still has the placeholder from .env.example" >&2
         exit 1
     fi
+    passwords[$svc]=$password
+done
+
+for svc in "${SERVICES[@]}"; do
     name="$prefix$svc"
     # psql variables (:"name" quotes an identifier, :'password' a literal): nothing is spliced into SQL
-    psql_admin -v name="$name" -v password="$password" <<'SQL'
+    psql_admin -v name="$name" -v password="${passwords[$svc]}" <<'SQL'
 SELECT format('CREATE ROLE %I LOGIN', :'name')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'name') \gexec
 ALTER ROLE :"name" WITH LOGIN PASSWORD :'password';

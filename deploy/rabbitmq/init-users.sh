@@ -41,7 +41,7 @@ password_from() {
 
 ensure_user() {
     local user=$1 password=$2
-    if rabbitmqctl --silent list_users | cut -f1 | grep -qxF -- "$user"; then
+    if grep -qxF -- "$user" <<<"$existing_users"; then
         printf '%s' "$password" | ctl change_password "$user"
     else
         printf '%s' "$password" | ctl add_user "$user"
@@ -66,20 +66,27 @@ permissions_for() {
 }
 
 main() {
-    ctl add_vhost "$vhost"    # already there from the definitions file; kept for a bare broker
+    # every password is checked before anything changes on the broker
+    local admin="${WUJI_AMQP_ADMIN_USER:-wuji-admin}" svc
+    local -A passwords
+    passwords[$admin]=$(password_from WUJI_AMQP_ADMIN_PASSWORD)
+    for svc in "${SERVICES[@]}"; do
+        passwords[$prefix$svc]=$(password_from "${svc^^}_AMQP_PASSWORD")
+    done
 
-    local admin="${WUJI_AMQP_ADMIN_USER:-wuji-admin}" password
-    password=$(password_from WUJI_AMQP_ADMIN_PASSWORD)
-    ensure_user "$admin" "$password"
+    ctl add_vhost "$vhost"    # already there from the definitions file; kept for a bare broker
+    # (each rabbitmqctl call starts an Erlang VM: the user list is read once)
+    local existing_users
+    existing_users=$(rabbitmqctl --silent list_users | cut -f1)
+
+    ensure_user "$admin" "${passwords[$admin]}"
     ctl set_user_tags "$admin" administrator
     ctl set_permissions -p "$vhost" "$admin" ".*" ".*" ".*"
 
-    local svc user perms
+    local user perms
     for svc in "${SERVICES[@]}"; do
         user="$prefix$svc"
-        password=$(password_from "${svc^^}_AMQP_PASSWORD")
-        ensure_user "$user" "$password"
-        ctl set_user_tags "$user"          # no management UI for services
+        ensure_user "$user" "${passwords[$user]}"      # no tags: no management UI for services
         mapfile -t perms < <(permissions_for "$svc")
         ctl set_permissions -p "$vhost" "$user" "${perms[0]}" "${perms[1]}" "${perms[2]}"
     done
