@@ -17,6 +17,12 @@ if [ ! -f "$config" ]; then
     echo "entrypoint: no such service: $SERVICE ($config not found)" >&2
     exit 64
 fi
+# a value still holding a placeholder of .env.example is a set-up mistake, never a secret
+placeholders=$(env | grep -E '^[A-Za-z_][A-Za-z0-9_]*=.*replace-me' | cut -d= -f1 || true)
+if [ -n "$placeholders" ]; then
+    echo "entrypoint: replace the .env.example placeholders in:" $placeholders >&2
+    exit 78
+fi
 
 "$SERVICE" db upgrade
 "$SERVICE" load-reference      # every service answers it; loading again changes nothing

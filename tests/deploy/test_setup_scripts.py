@@ -180,6 +180,19 @@ def test_a_service_user_cannot_publish_another_services_events_or_read_its_queue
 
 # --- the platform as the containers would run it ---------------------------------------------------
 
+def test_the_entrypoint_refuses_placeholders_and_unknown_services(tmp_path):
+    base = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "INTAKE_DB_URL": f"sqlite:///{tmp_path / 'never.db'}"}
+    placeholder = subprocess.run(["sh", str(DEPLOY / "entrypoint.sh")], capture_output=True, text=True,
+                                 env={**base, "SERVICE": "intake", "WUJI_CITIZEN_KEY": "replace-me-citizen-key"},
+                                 timeout=30)
+    assert placeholder.returncode == 78 and "WUJI_CITIZEN_KEY" in placeholder.stderr
+    unknown = subprocess.run(["sh", str(DEPLOY / "entrypoint.sh")], capture_output=True, text=True,
+                             env={**base, "SERVICE": "gateway"}, timeout=30)
+    assert unknown.returncode == 64 and "no such service" in unknown.stderr
+    assert not (tmp_path / "never.db").exists()
+
+
 def compose_healthcheck(compose, svc, port):
     test = compose["services"][svc]["healthcheck"]["test"]
     assert test[0] == "CMD"
