@@ -25,4 +25,4 @@ def test_every_event_type_is_documented():
 
 def test_make_event_refuses_fields_outside_the_contract():
     with pytest.raises(ValueError):
-        make_event("appeal_rated", "YC1", {"satisfaction": "satisfied", "rated_at": "x", "phone": "13812345678"})
+        make_event("appeal_rated", "YC1", {"satisfaction": "satisfied", "rated_at": "2026-11-25T10:00:00+00:00", "phone": "13812345678"})

@@ -25,7 +25,7 @@ def setup(db_url, amqp_uri):
 def rated(uow, n):
     with uow() as u:
         u.session.execute(notes.insert().values(text=f"note {n}"))
-        u.emit("appeal_rated", f"YC{n}", {"satisfaction": "satisfied", "rated_at": "2026-11-25T00:00:00"})
+        u.emit("appeal_rated", f"YC{n}", {"satisfaction": "satisfied", "rated_at": "2026-11-25T00:00:00+00:00"})
         u.commit()
 
 
@@ -38,7 +38,7 @@ def test_rollback_leaves_neither_data_nor_event(db_url, amqp_uri):
     engine, uow, _ = setup(db_url, amqp_uri)
     with uow() as u:
         u.session.execute(notes.insert().values(text="x"))
-        u.emit("appeal_rated", "YC1", {"satisfaction": "satisfied", "rated_at": "x"})
+        u.emit("appeal_rated", "YC1", {"satisfaction": "satisfied", "rated_at": "2026-11-25T10:00:00+00:00"})
         # no commit: an exception or a return without commit rolls both back
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(notes)).scalar() == 0

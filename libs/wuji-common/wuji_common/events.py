@@ -16,6 +16,17 @@ ORDER_STATUSES = ("dispatched", "accepted", "returned", "resolved", "reopened", 
 SATISFACTION = ("satisfied", "basically_satisfied", "unsatisfied")
 
 
+class Timestamp(fields.DateTime):
+    """An ISO 8601 time with its offset (e.g. 2026-11-25T08:00:00+00:00): a time without a zone
+    is refused, so that no consumer has to guess which one was meant."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        result = super()._deserialize(value, attr, data, **kwargs)
+        if result.tzinfo is None:
+            raise self.make_error("invalid", input=value, obj_type="aware datetime")
+        return result
+
+
 class EnvelopeSchema(Schema):
     event_id = fields.String(required=True)
     type = fields.String(required=True)
@@ -38,7 +49,7 @@ class AppealReceived(Schema):
     anonymous = fields.Boolean(required=True)
     # keyed hash (HMAC) of the phone / ID number: lets triage link repeats without the plain value
     citizen_ref = fields.String(allow_none=True, load_default=None)
-    received_at = fields.String(required=True)
+    received_at = Timestamp(required=True)
     attachments = fields.List(fields.String(), load_default=list)
 
 
@@ -55,8 +66,8 @@ class OrderDispatched(OrderEvent):
     """triage: a work order was routed to a unit (派单), with its deadlines (限时办结)."""
     unit_name = fields.String(required=True)
     level = fields.String(required=True)  # grid | town | district
-    accept_due_at = fields.String(required=True)
-    resolve_due_at = fields.String(required=True)
+    accept_due_at = Timestamp(required=True)
+    resolve_due_at = Timestamp(required=True)
     policy = fields.String(required=True)
     router_version = fields.String(required=True)
     confidence = fields.Float(allow_none=True, load_default=None)
@@ -65,7 +76,7 @@ class OrderDispatched(OrderEvent):
 
 class OrderAccepted(OrderEvent):
     """triage: the unit reported in / signed for the order (部门报到/签收)."""
-    accepted_at = fields.String(required=True)
+    accepted_at = Timestamp(required=True)
     within_deadline = fields.Boolean(required=True)
 
 
@@ -82,7 +93,7 @@ class OrderProgressed(OrderEvent):
 class OrderResolved(OrderEvent):
     """triage: the unit finished handling (办结)."""
     resolution = fields.String(required=True)
-    resolved_at = fields.String(required=True)
+    resolved_at = Timestamp(required=True)
     within_deadline = fields.Boolean(required=True)
 
 
@@ -90,19 +101,19 @@ class AppealRated(Schema):
     """intake: the citizen rated the handling (评价反馈)."""
     satisfaction = fields.String(required=True, validate=validate.OneOf(SATISFACTION))
     comment = fields.String(allow_none=True, load_default=None)
-    rated_at = fields.String(required=True)
+    rated_at = Timestamp(required=True)
 
 
 class OrderReopened(OrderEvent):
     """triage: an unsatisfied rating sent the order back to the same unit (返工)."""
     reopen_count = fields.Integer(required=True)
-    resolve_due_at = fields.String(required=True)
+    resolve_due_at = Timestamp(required=True)
 
 
 class OrderClosed(OrderEvent):
     """triage: the loop is closed (结案)."""
     satisfaction = fields.String(allow_none=True, load_default=None)
-    closed_at = fields.String(required=True)
+    closed_at = Timestamp(required=True)
 
 
 class WhistleBlown(Schema):
@@ -112,7 +123,7 @@ class WhistleBlown(Schema):
     town_code = fields.String(required=True)
     violation_type = fields.String(required=True)
     forces = fields.List(fields.String(), required=True)
-    report_in_due_at = fields.String(required=True)
+    report_in_due_at = Timestamp(required=True)
 
 
 class ForceReportedIn(Schema):
@@ -129,8 +140,8 @@ class ForceReportInOverdue(Schema):
     order_no = fields.String(allow_none=True, load_default=None)
     town_code = fields.String(required=True)
     force_code = fields.String(required=True)
-    report_in_due_at = fields.String(required=True)
-    marked_at = fields.String(required=True)
+    report_in_due_at = Timestamp(required=True)
+    marked_at = Timestamp(required=True)
 
 
 class OperationCompleted(Schema):
@@ -139,6 +150,92 @@ class OperationCompleted(Schema):
     order_no = fields.String(allow_none=True, load_default=None)
     town_code = fields.String(required=True)
     outcome = fields.String(required=True)
+
+
+class EnforcementRequested(Schema):
+    """triage: a work order needs joint enforcement (吹哨); enforcement opens the operation."""
+    order_no = fields.String(required=True)
+    town_code = fields.String(required=True)
+    violation_type = fields.String(required=True)
+    urgency = fields.String(required=True, validate=validate.OneOf(("emergency", "urgent", "normal")))
+
+
+class ForceReportInReminded(Schema):
+    """enforcement: a force past its report-in deadline was reminded (催报); once."""
+    operation_id = fields.String(required=True)
+    order_no = fields.String(allow_none=True, load_default=None)
+    town_code = fields.String(required=True)
+    force_code = fields.String(required=True)
+    team = fields.String(allow_none=True, load_default=None)
+    report_in_due_at = fields.String(required=True)
+    reminded_at = fields.String(required=True)
+
+
+class ForceReportInEscalated(Schema):
+    """enforcement: a force still not reported in after its reminder was escalated to the district
+    (上报区级督办); once. It counts in the force's assessment."""
+    operation_id = fields.String(required=True)
+    order_no = fields.String(allow_none=True, load_default=None)
+    town_code = fields.String(required=True)
+    force_code = fields.String(required=True)
+    report_in_due_at = fields.String(required=True)
+    escalated_at = fields.String(required=True)
+    escalated_to = fields.String(required=True)  # district
+
+
+class RectificationNoticeIssued(Schema):
+    """enforcement: a rectification notice (限期整改/拆除通知书) was issued; nothing further may
+    happen before its waiting period ends."""
+    operation_id = fields.String(required=True)
+    order_no = fields.String(allow_none=True, load_default=None)
+    town_code = fields.String(required=True)
+    violation_type = fields.String(required=True)
+    notice_no = fields.String(required=True)
+    issued_at = fields.String(required=True)
+    period_days = fields.Integer(required=True)
+    period_ends_at = fields.String(required=True)
+
+
+class FollowUpInspectionRecorded(Schema):
+    """enforcement: the follow-up inspection (复查) after the waiting period found the violation
+    rectified or not."""
+    operation_id = fields.String(required=True)
+    order_no = fields.String(allow_none=True, load_default=None)
+    town_code = fields.String(required=True)
+    inspected_at = fields.String(required=True)
+    rectified = fields.Boolean(required=True)
+    evidence_count = fields.Integer(required=True)
+
+
+class JointEnforcementCarriedOut(Schema):
+    """enforcement: the called forces carried out the joint enforcement (联合执法) together."""
+    operation_id = fields.String(required=True)
+    order_no = fields.String(allow_none=True, load_default=None)
+    town_code = fields.String(required=True)
+    forces = fields.List(fields.String(), required=True)
+    carried_out_at = fields.String(required=True)
+    evidence_count = fields.Integer(required=True)
+
+
+class ScheduledAssignment(Schema):
+    operation_id = fields.String(required=True)
+    day = fields.String(required=True)  # ISO date, local (China Standard Time)
+    force_code = fields.String(required=True)
+    team = fields.String(required=True)
+
+
+class OperationsScheduled(Schema):
+    """enforcement: a new version of a town's plan of joint operations (排班计划): each called force
+    of each open operation on a team and a day; forces' own systems follow the latest version."""
+    town_code = fields.String(required=True)
+    plan_version = fields.Integer(required=True)
+    horizon_start = fields.String(required=True)
+    horizon_days = fields.Integer(required=True)
+    solver = fields.String(required=True)
+    reason = fields.String(required=True)
+    assignments = fields.List(fields.Nested(ScheduledAssignment), required=True)
+    unscheduled = fields.List(fields.String(), required=True)
+    moved = fields.Integer(required=True)
 
 
 CATALOGUE = {
@@ -156,6 +253,13 @@ CATALOGUE = {
     "force_reported_in": ("enforcement", 1, ForceReportedIn),
     "operation_completed": ("enforcement", 1, OperationCompleted),
     "force_report_in_overdue": ("enforcement", 1, ForceReportInOverdue),
+    "enforcement_requested": ("triage", 1, EnforcementRequested),
+    "force_report_in_reminded": ("enforcement", 1, ForceReportInReminded),
+    "force_report_in_escalated": ("enforcement", 1, ForceReportInEscalated),
+    "rectification_notice_issued": ("enforcement", 1, RectificationNoticeIssued),
+    "follow_up_inspection_recorded": ("enforcement", 1, FollowUpInspectionRecorded),
+    "joint_enforcement_carried_out": ("enforcement", 1, JointEnforcementCarriedOut),
+    "operations_scheduled": ("enforcement", 1, OperationsScheduled),
 }
 
 
@@ -163,7 +267,7 @@ def now_iso():
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def make_event(event_type, case_no, data, source=None):
+def make_event(event_type, case_no, data, source=None, occurred_at=None):
     """Build an envelope; the payload is validated against the catalogue so a service cannot emit
     something integrators were not promised (and an unknown field, e.g. a phone number, is refused)."""
     catalogue_source, version, schema_cls = CATALOGUE[event_type]
@@ -175,7 +279,7 @@ def make_event(event_type, case_no, data, source=None):
         "event_id": str(uuid.uuid4()),
         "type": event_type,
         "version": version,
-        "occurred_at": now_iso(),
+        "occurred_at": occurred_at.isoformat(timespec="milliseconds") if occurred_at else now_iso(),
         "case_no": case_no,
         "source": source or catalogue_source,
         "data": schema.dump(schema.load(data)),

@@ -12,9 +12,8 @@ from nameko.rpc import rpc
 
 from metrics import handlers
 from metrics.dependencies import DomainMetrics, KpiTimeZone, MetricsDatabase, MetricsExporter
-from metrics.entrypoints import config_timer
 from wuji_common import metrics as common_metrics
-from wuji_common.entrypoints import event_handler
+from wuji_common.entrypoints import config_timer, event_handler
 from wuji_common.errors import ValidationError
 
 

@@ -86,7 +86,7 @@ def test_order_events_reach_the_citizen_timeline(intake, amqp_uri, appeal_payloa
     envelope = make_event("order_dispatched", body["case_no"], {
         "order_no": "GD1", "unit_code": "grid-370404101201", "town_code": "370404101",
         "category": "道路", "status": "dispatched", "unit_name": "金寺村网格员", "level": "grid",
-        "accept_due_at": "x", "resolve_due_at": "x", "policy": "p", "router_version": "r",
+        "accept_due_at": "2026-11-26T08:00:00+00:00", "resolve_due_at": "2026-11-30T08:00:00+00:00", "policy": "p", "router_version": "r",
         "title": "t"}, source="triage")
     publish_event(amqp_uri, envelope)
     publish_event(amqp_uri, envelope)  # a duplicate delivery
@@ -107,7 +107,7 @@ def test_a_failing_event_is_retried_then_dead_lettered_not_lost(intake, amqp_uri
     # an order event for a case intake never registered fails every time
     envelope = make_event("order_accepted", "YC19990101000001", {
         "order_no": "GD9", "unit_code": "u", "town_code": "370404101", "category": "c",
-        "status": "accepted", "accepted_at": "x", "within_deadline": True}, source="triage")
+        "status": "accepted", "accepted_at": "2026-11-25T09:00:00+00:00", "within_deadline": True}, source="triage")
     publish_event(amqp_uri, envelope)
     dead = "evt-triage-order_accepted--intake.on_order_accepted.dead"
     deadline = time.monotonic() + 15

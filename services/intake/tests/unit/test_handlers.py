@@ -107,10 +107,10 @@ def order_event(case_no, event_type, **data):
     base = {"order_no": "GD1", "unit_code": "grid-370404101201", "town_code": "370404101",
             "category": "道路", "status": "dispatched"}
     extra = {
-        "order_dispatched": {"unit_name": "金寺村网格员", "level": "grid", "accept_due_at": "x",
-                             "resolve_due_at": "x", "policy": "p", "router_version": "r", "title": "t"},
-        "order_accepted": {"status": "accepted", "accepted_at": "x", "within_deadline": True},
-        "order_resolved": {"status": "resolved", "resolution": "已修复", "resolved_at": "x",
+        "order_dispatched": {"unit_name": "金寺村网格员", "level": "grid", "accept_due_at": "2026-11-26T08:00:00+00:00",
+                             "resolve_due_at": "2026-11-30T08:00:00+00:00", "policy": "p", "router_version": "r", "title": "t"},
+        "order_accepted": {"status": "accepted", "accepted_at": "2026-11-25T09:00:00+00:00", "within_deadline": True},
+        "order_resolved": {"status": "resolved", "resolution": "已修复", "resolved_at": "2026-11-25T10:00:00+00:00",
                            "within_deadline": True},
     }[event_type]
     return make_event(event_type, case_no, {**base, **extra, **data})
