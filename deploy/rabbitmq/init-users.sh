@@ -65,6 +65,17 @@ permissions_for() {
     printf '%s\n%s\n%s\n' "$configure" "$write" "$read"
 }
 
+# Routing keys a service may publish on nameko-rpc (topic permissions): `<service>.<method>` calls and
+# replies (keyed by a uuid). intake.contact_for_notification returns a citizen's plain contact data,
+# and only notify needs it.
+rpc_calls_for() {
+    if [ "$1" = notify ]; then
+        printf '%s' '^.*$'
+    else
+        printf '%s' '^(?!intake\.contact_for_notification$).*$'
+    fi
+}
+
 main() {
     # every password is checked before anything changes on the broker
     local admin="${WUJI_AMQP_ADMIN_USER:-wuji-admin}" svc
@@ -89,6 +100,7 @@ main() {
         ensure_user "$user" "${passwords[$user]}"      # no tags: no management UI for services
         mapfile -t perms < <(permissions_for "$svc")
         ctl set_permissions -p "$vhost" "$user" "${perms[0]}" "${perms[1]}" "${perms[2]}"
+        ctl set_topic_permissions -p "$vhost" "$user" nameko-rpc "$(rpc_calls_for "$svc")" '^.*$'
     done
     echo "init-users: $admin and ${#SERVICES[@]} service users ready on vhost $vhost"
 }

@@ -178,6 +178,25 @@ def test_a_service_user_cannot_publish_another_services_events_or_read_its_queue
         conn.Producer(channel).publish({"probe": True}, exchange=exchange, routing_key="probe", declare=[])
 
 
+def rpc_publish(uri, routing_key):
+    """Publish an (unroutable, dropped) RPC request the way nameko does: nameko-rpc, <service>.<method>."""
+    with Connection(uri, transport_options={"confirm_publish": True}) as conn:
+        channel = conn.channel()
+        exchange = Exchange("nameko-rpc", type="topic", durable=True)
+        exchange(channel).declare()
+        conn.Producer(channel).publish({"args": [], "kwargs": {}}, exchange=exchange, routing_key=routing_key,
+                                       declare=[])
+
+
+def test_only_notify_may_ask_intake_for_a_citizens_contact_data(broker):
+    from amqp.exceptions import AccessRefused
+    rpc_publish(broker["notify"], "intake.contact_for_notification")
+    for svc in ("triage", "enforcement", "metrics", "intake"):
+        rpc_publish(broker[svc], "intake.get_appeal")
+        with pytest.raises(AccessRefused):
+            rpc_publish(broker[svc], "intake.contact_for_notification")
+
+
 # --- the platform as the containers would run it ---------------------------------------------------
 
 def test_the_entrypoint_refuses_placeholders_and_unknown_services(tmp_path):
