@@ -167,8 +167,8 @@ class ForceReportInReminded(Schema):
     town_code = fields.String(required=True)
     force_code = fields.String(required=True)
     team = fields.String(allow_none=True, load_default=None)
-    report_in_due_at = fields.String(required=True)
-    reminded_at = fields.String(required=True)
+    report_in_due_at = Timestamp(required=True)
+    reminded_at = Timestamp(required=True)
 
 
 class ForceReportInEscalated(Schema):
@@ -178,8 +178,8 @@ class ForceReportInEscalated(Schema):
     order_no = fields.String(allow_none=True, load_default=None)
     town_code = fields.String(required=True)
     force_code = fields.String(required=True)
-    report_in_due_at = fields.String(required=True)
-    escalated_at = fields.String(required=True)
+    report_in_due_at = Timestamp(required=True)
+    escalated_at = Timestamp(required=True)
     escalated_to = fields.String(required=True)  # district
 
 
@@ -191,9 +191,9 @@ class RectificationNoticeIssued(Schema):
     town_code = fields.String(required=True)
     violation_type = fields.String(required=True)
     notice_no = fields.String(required=True)
-    issued_at = fields.String(required=True)
+    issued_at = Timestamp(required=True)
     period_days = fields.Integer(required=True)
-    period_ends_at = fields.String(required=True)
+    period_ends_at = Timestamp(required=True)
 
 
 class FollowUpInspectionRecorded(Schema):
@@ -202,7 +202,7 @@ class FollowUpInspectionRecorded(Schema):
     operation_id = fields.String(required=True)
     order_no = fields.String(allow_none=True, load_default=None)
     town_code = fields.String(required=True)
-    inspected_at = fields.String(required=True)
+    inspected_at = Timestamp(required=True)
     rectified = fields.Boolean(required=True)
     evidence_count = fields.Integer(required=True)
 
@@ -213,7 +213,7 @@ class JointEnforcementCarriedOut(Schema):
     order_no = fields.String(allow_none=True, load_default=None)
     town_code = fields.String(required=True)
     forces = fields.List(fields.String(), required=True)
-    carried_out_at = fields.String(required=True)
+    carried_out_at = Timestamp(required=True)
     evidence_count = fields.Integer(required=True)
 
 

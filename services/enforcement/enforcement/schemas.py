@@ -4,7 +4,7 @@ from datetime import timezone
 
 from marshmallow import RAISE, Schema, fields, validate
 
-from enforcement.domain import FORCE_STATUSES, OPERATION_STATUSES, URGENCIES
+from enforcement.domain import ABSENCE_KINDS, FORCE_STATUSES, OPERATION_STATUSES, URGENCIES
 
 CODE = validate.Length(1, 64)
 
@@ -40,10 +40,58 @@ class ReportInSchema(Strict):
     team = fields.String(required=True, validate=CODE)
 
 
+EVIDENCE = fields.List(fields.String(validate=validate.Length(1, 200)), load_default=list,
+                      validate=validate.Length(0, 50))
+
+
 class CompletionSchema(Strict):
-    """``complete_operation``: the outcome is shown to the citizen; no personal data in it."""
+    """``complete_operation``: the outcome is shown to the citizen; no personal data in it.
+    ``evidence``: references to stored evidence (photo or record ids), required after a legal
+    procedure."""
     operation_id = fields.String(required=True, validate=CODE)
     outcome = fields.String(required=True, validate=validate.Length(1, 500))
+    evidence = EVIDENCE
+
+
+class NoticeSchema(Strict):
+    """``issue_rectification_notice``: 限期整改/拆除通知书; the period may exceed the statutory one."""
+    operation_id = fields.String(required=True, validate=CODE)
+    notice_no = fields.String(required=True, validate=validate.Length(1, 64))
+    period_days = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 365))
+
+
+class InspectionSchema(Strict):
+    """``record_inspection``: the follow-up inspection (复查) once the period is over."""
+    operation_id = fields.String(required=True, validate=CODE)
+    rectified = fields.Boolean(required=True)
+    findings = fields.String(required=True, validate=validate.Length(1, 500))
+    evidence = EVIDENCE
+
+
+class JointEnforcementSchema(Strict):
+    """``carry_out_joint_enforcement``: the forces act together (强制拆除, 查封 ...)."""
+    operation_id = fields.String(required=True, validate=CODE)
+    action = fields.String(required=True, validate=validate.Length(1, 500))
+    evidence = EVIDENCE
+
+
+class AbsenceSchema(Strict):
+    """``record_absence``: an officer drops out for whole days."""
+    officer_code = fields.String(required=True, validate=validate.Length(1, 80))
+    first_day = fields.Date(required=True)
+    last_day = fields.Date(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(ABSENCE_KINDS))
+
+
+class ScheduleSchema(Strict):
+    town_code = fields.String(required=True, validate=validate.Length(9, 12))
+    horizon_days = fields.Integer(load_default=14, validate=validate.Range(1, 31))
+
+
+class AssessmentQuerySchema(Strict):
+    town_code = fields.String(load_default=None, allow_none=True, validate=validate.Length(9, 12))
+    since = fields.AwareDateTime(load_default=None, allow_none=True)
+    until = fields.AwareDateTime(load_default=None, allow_none=True)
 
 
 class OperationQuerySchema(Strict):
@@ -67,6 +115,8 @@ class CalledForceSchema(Schema):
     reported_at = UtcDateTime(allow_none=True)
     within_deadline = fields.Boolean(allow_none=True)
     overdue_at = UtcDateTime(allow_none=True)
+    reminded_at = UtcDateTime(allow_none=True)
+    escalated_at = UtcDateTime(allow_none=True)
 
 
 class OperationSchema(Schema):
@@ -85,7 +135,28 @@ class OperationSchema(Schema):
     completed_at = UtcDateTime(allow_none=True)
     outcome = fields.String(allow_none=True)
     version = fields.Integer()
+    due_at = UtcDateTime(allow_none=True)
     forces = fields.List(fields.Nested(CalledForceSchema))
+    procedure = fields.Nested(lambda: ProcedureSchema(), allow_none=True)
+
+
+class ProcedureStepSchema(Schema):
+    step = fields.String()
+    recorded_at = UtcDateTime()
+    document_no = fields.String(allow_none=True)
+    period_ends_at = UtcDateTime(allow_none=True)
+    rectified = fields.Boolean(allow_none=True)
+    findings = fields.String(allow_none=True)
+    evidence = fields.List(fields.String())
+
+
+class ProcedureSchema(Schema):
+    """The legal procedure of the case: which notice, its waiting period, the steps taken."""
+    notice_name = fields.String()
+    waiting_days = fields.Integer()
+    step = fields.String(allow_none=True)
+    step_text = fields.String()
+    steps = fields.List(fields.Nested(ProcedureStepSchema))
 
 
 class ReportInResultSchema(Schema):
@@ -108,3 +179,67 @@ class TownForceSchema(Schema):
     force_name = fields.String()
     unit_code = fields.String(allow_none=True)
     teams = fields.List(fields.Nested(TeamSchema))
+
+
+class StepResultSchema(Schema):
+    """What a legal-procedure step returns."""
+    operation_id = fields.String()
+    step = fields.String()
+    recorded_at = UtcDateTime()
+    document_no = fields.String(allow_none=True)
+    period_ends_at = UtcDateTime(allow_none=True)
+    rectified = fields.Boolean(allow_none=True)
+    evidence = fields.List(fields.String())
+
+
+class AbsenceResultSchema(Schema):
+    officer_code = fields.String()
+    team = fields.String()
+    first_day = fields.Date()
+    last_day = fields.Date()
+    kind = fields.String()
+    replan_towns = fields.List(fields.String())
+
+
+class AssessmentSchema(Schema):
+    """A force's report-in record (考核): how often it was called, on time, late, reminded,
+    escalated, and the minutes it was late in all."""
+    force_code = fields.String()
+    force_name = fields.String()
+    called = fields.Integer()
+    reported_in = fields.Integer()
+    on_time = fields.Integer()
+    late = fields.Integer()
+    not_reported = fields.Integer()
+    reminded = fields.Integer()
+    escalated = fields.Integer()
+    minutes_late = fields.Integer()
+    on_time_rate = fields.Float(allow_none=True)
+
+
+class AssignmentSchema(Schema):
+    operation_id = fields.String()
+    day = fields.Date()
+    force_code = fields.String()
+    team = fields.String()
+
+
+class PlanSchema(Schema):
+    """A version of a town's plan: the assignments and how good the plan is."""
+    town_code = fields.String()
+    plan_version = fields.Integer()
+    created_at = UtcDateTime()
+    reason = fields.String()
+    horizon_start = fields.Date()
+    horizon_days = fields.Integer()
+    solver = fields.String()
+    status = fields.String()
+    on_time = fields.Integer()
+    late = fields.Integer()
+    lateness_hours = fields.Float()
+    moved = fields.Integer()
+    bound_on_time = fields.Integer(allow_none=True)
+    solve_seconds = fields.Float()
+    utilisation = fields.Float()
+    unscheduled = fields.List(fields.String())
+    assignments = fields.List(fields.Nested(AssignmentSchema))

@@ -3,24 +3,43 @@
 RPC (towns' and forces' systems, triage):
     blow_whistle(order_no, violation_type, town_code, urgency, idempotency_key)   吹哨
     report_in(operation_id, force_code, team, idempotency_key)                   报到
-    complete_operation(operation_id, outcome, idempotency_key)                   完成
-    get_operation(operation_id), find_operations(town_code=None, status=None), forces(town_code)
+    complete_operation(operation_id, outcome, idempotency_key, evidence=None)    完成（结果与证据）
+    legal procedure, in this order and none early:
+        issue_rectification_notice(operation_id, notice_no, period_days=None, idempotency_key)
+        record_inspection(operation_id, rectified, findings, evidence=None, idempotency_key)
+        carry_out_joint_enforcement(operation_id, action, evidence=None, idempotency_key)
+    record_absence(officer_code, first_day, last_day, kind, idempotency_key)     an officer drops out
+    schedule(town_code, horizon_days=14, idempotency_key=None)                   排班 → the plan
+    get_operation, find_operations, forces(town_code), plan(town_code), schedule_status(town_code),
+    assessment(town_code=None, since=None, until=None)                           考核
 Mutating calls are idempotent: a retry with the same idempotency_key returns the first result.
 Caller-caused failures raise wuji_common.errors types (ValidationError naming the field, NotFound,
 NotYourOrder, InvalidTransition).
 
-Timer: the report-in deadline watcher marks forces that missed their deadline, once each, however
-many instances run.
+Events in (at-least-once; duplicates dropped by event id; failures retried, then ``<queue>.dead``):
+    triage.enforcement_requested → open the operation, as blow_whistle does (once per open order)
+Timers: the report-in watcher marks forces past their deadline, reminds them, then escalates them
+to the district, each once however many instances run; the re-plan watcher revises the plans of
+towns where an officer dropped out or an urgent operation arrived.
 Events out (via the outbox, exchange ``enforcement.events``): whistle_blown, force_reported_in,
-force_report_in_overdue, operation_completed.
+force_report_in_overdue, force_report_in_reminded, force_report_in_escalated,
+rectification_notice_issued, follow_up_inspection_recorded, joint_enforcement_carried_out,
+operation_completed, operations_scheduled.
 """
+import logging
+
 from nameko.rpc import rpc
 
 from enforcement import handlers
-from enforcement.dependencies import EnforcementDatabase, MetricsExporter, timer_from_config
-from wuji_common.errors import EXPECTED
+from enforcement.dependencies import EnforcementDatabase, MetricsExporter, Planner, timer_from_config
+from wuji_common import metrics
+from wuji_common.entrypoints import event_handler
+from wuji_common.errors import EXPECTED, InvalidTransition
+
+log = logging.getLogger(__name__)
 
 DEFAULT_WATCH_SECONDS = 30
+DEFAULT_REPLAN_SECONDS = 60
 WATCH_BATCH = 100
 
 
@@ -28,7 +47,16 @@ class EnforcementService:
     name = "enforcement"
 
     uow = EnforcementDatabase()
+    planner = Planner()
     metrics = MetricsExporter()
+
+    # --- events -----------------------------------------------------------------------------------
+    @event_handler("triage", "enforcement_requested")
+    def on_enforcement_requested(self, envelope):
+        """triage asks for joint enforcement of a work order: the whistle, without a town's call."""
+        consumer = "enforcement.on_enforcement_requested"
+        if handlers.open_requested_operation(self.uow(), consumer, envelope) is None:
+            metrics.EVENTS_DUPLICATE.labels(self.name, consumer).inc()
 
     # --- RPC: towns and forces ------------------------------------------------------------------
     @rpc(expected_exceptions=EXPECTED)
@@ -45,11 +73,62 @@ class EnforcementService:
             "operation_id": operation_id, "force_code": force_code, "team": team}, idempotency_key)
 
     @rpc(expected_exceptions=EXPECTED)
-    def complete_operation(self, operation_id, outcome, idempotency_key=None):
-        """Close the operation once every called force has reported in."""
+    def complete_operation(self, operation_id, outcome, idempotency_key=None, evidence=None):
+        """Close the operation once every called force has reported in (and, for a case with a legal
+        procedure, once the procedure allows it, with evidence)."""
         return handlers.complete_operation(self.uow(), {
-            "operation_id": operation_id, "outcome": outcome}, idempotency_key)
+            "operation_id": operation_id, "outcome": outcome, "evidence": evidence or []},
+            idempotency_key)
 
+    # --- RPC: legal procedure -----------------------------------------------------------------------
+    @rpc(expected_exceptions=EXPECTED)
+    def issue_rectification_notice(self, operation_id, notice_no, period_days=None, idempotency_key=None):
+        """限期整改/拆除通知书, with the statutory waiting period (or a longer one)."""
+        return handlers.issue_rectification_notice(self.uow(), {
+            "operation_id": operation_id, "notice_no": notice_no, "period_days": period_days},
+            idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def record_inspection(self, operation_id, rectified, findings, evidence=None, idempotency_key=None):
+        """复查, once the waiting period is over."""
+        return handlers.record_inspection(self.uow(), {
+            "operation_id": operation_id, "rectified": rectified, "findings": findings,
+            "evidence": evidence or []}, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def carry_out_joint_enforcement(self, operation_id, action, evidence=None, idempotency_key=None):
+        """联合执法, after an inspection that found the violation not rectified."""
+        return handlers.carry_out_joint_enforcement(self.uow(), {
+            "operation_id": operation_id, "action": action, "evidence": evidence or []},
+            idempotency_key)
+
+    # --- RPC: rosters and scheduling ----------------------------------------------------------------
+    @rpc(expected_exceptions=EXPECTED)
+    def record_absence(self, officer_code, first_day, last_day, kind, idempotency_key=None):
+        """An officer is away (leave, sick, training, other_duty) from first_day to last_day."""
+        return handlers.record_absence(self.uow(), {
+            "officer_code": officer_code, "first_day": first_day, "last_day": last_day, "kind": kind},
+            idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def schedule(self, town_code, horizon_days=14, idempotency_key=None):
+        """Plan the town's open operations onto days and teams; returns and publishes the plan.
+        The solver runs in a worker process for up to SCHEDULE_TIME_LIMIT_SECONDS."""
+        return handlers.schedule(self.uow(), self._solver(town_code),
+                                 {"town_code": town_code, "horizon_days": horizon_days},
+                                 idempotency_key=idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def plan(self, town_code):
+        """The town's plan in force (its latest version)."""
+        return handlers.latest_plan(self.uow(), town_code)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def schedule_status(self, town_code):
+        """Whether this instance is computing a plan for the town right now."""
+        return {"town_code": town_code, "solving": town_code in self.planner.solving}
+
+    # --- RPC: queries ---------------------------------------------------------------------------------
     @rpc(expected_exceptions=EXPECTED)
     def get_operation(self, operation_id):
         return handlers.get_operation(self.uow(), operation_id)
@@ -61,13 +140,34 @@ class EnforcementService:
 
     @rpc(expected_exceptions=EXPECTED)
     def forces(self, town_code):
-        """The forces and their teams serving a town."""
+        """The forces and the teams with jurisdiction over a town (its own first)."""
         return handlers.town_forces(self.uow(), town_code)
 
-    # --- timer: report-in deadlines ---------------------------------------------------------------
+    @rpc(expected_exceptions=EXPECTED)
+    def assessment(self, town_code=None, since=None, until=None):
+        """Each force's report-in record: called, on time, late, reminded, escalated, minutes late."""
+        return handlers.assessment(self.uow(), town_code, since, until)
+
+    # --- timers -----------------------------------------------------------------------------------------
     @timer_from_config("REPORT_IN_WATCH_SECONDS", DEFAULT_WATCH_SECONDS)
     def watch_report_in_deadlines(self):
-        """Mark forces past their report-in deadline as late (fires in every instance; each force
-        is marked once). One short transaction per batch, so no lock is held for long."""
-        while len(handlers.mark_overdue(self.uow(), batch_size=WATCH_BATCH)) == WATCH_BATCH:
-            pass
+        """Mark forces past their report-in deadline as late, remind them, then escalate them (fires
+        in every instance; each force is marked, reminded and escalated once). One short
+        transaction per batch, so no lock is held for long."""
+        for step in (handlers.mark_overdue, handlers.remind_late_forces, handlers.escalate_late_forces):
+            while len(step(self.uow(), batch_size=WATCH_BATCH)) == WATCH_BATCH:
+                pass
+
+    @timer_from_config("REPLAN_WATCH_SECONDS", DEFAULT_REPLAN_SECONDS)
+    def replan_requested_towns(self):
+        """Revise the plan of each town where an officer dropped out or an urgent operation arrived.
+        A request stays until a plan that saw it commits, so a failed re-plan is tried again."""
+        for town_code, reason, horizon_days in handlers.replan_requests(self.uow()):
+            try:
+                handlers.schedule(self.uow(), self._solver(town_code),
+                                  {"town_code": town_code, "horizon_days": horizon_days}, reason=reason)
+            except InvalidTransition:
+                log.info("plan of %s changed while re-planning; next round", town_code)
+
+    def _solver(self, town_code):
+        return lambda problem: self.planner.solve(problem, town_code)

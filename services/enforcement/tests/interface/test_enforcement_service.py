@@ -18,6 +18,7 @@ LIUYUAN = "370404103"  # 榴园镇
 # the lead first, then the assisting forces in the order of forces.csv
 CONSTRUCTION = ["comprehensive_enforcement", "public_security", "natural_resources",
                 "housing_construction"]
+ROAD = ["comprehensive_enforcement", "public_security", "market_supervision"]  # road_occupation
 
 
 def service_config(amqp_uri, db_url, watch_seconds=60):
@@ -44,31 +45,31 @@ def enforcement(any_db, amqp_uri, container_factory, tap):
 
 
 def test_whistle_report_in_and_complete_over_rpc(enforcement, tap):
-    op = enforcement.blow_whistle("GD20261125000042", "illegal_construction", LIUYUAN, "urgent",
+    op = enforcement.blow_whistle("GD20261125000042", "road_occupation", LIUYUAN, "urgent",
                                   idempotency_key="liuyuan-1")
     oid = op["operation_id"]
-    assert [f["force_code"] for f in op["forces"]] == CONSTRUCTION
+    assert [f["force_code"] for f in op["forces"]] == ROAD
     [blown] = tap.wait_for(lambda evs: len(evs) >= 1)
     assert blown["type"] == "whistle_blown" and blown["source"] == "enforcement"
-    assert blown["data"]["operation_id"] == oid and blown["data"]["forces"] == CONSTRUCTION
+    assert blown["data"]["operation_id"] == oid and blown["data"]["forces"] == ROAD
     assert blown["data"]["report_in_due_at"] == op["report_in_due_at"]
 
-    for force in CONSTRUCTION:
+    for force in ROAD:
         result = enforcement.report_in(oid, force, f"{force}-{LIUYUAN}", idempotency_key=f"{force}-1")
         assert result["within_deadline"] is True
     assert enforcement.get_operation(oid)["status"] == "assembled"
 
-    done = enforcement.complete_operation(oid, "违法建筑已自行拆除，恢复原状", idempotency_key="done")
+    done = enforcement.complete_operation(oid, "占道摊点已清理，恢复通行", idempotency_key="done")
     assert done["status"] == "completed"
-    assert enforcement.complete_operation(oid, "违法建筑已自行拆除，恢复原状",
+    assert enforcement.complete_operation(oid, "占道摊点已清理，恢复通行",
                                           idempotency_key="done") == done
 
     events = tap.wait_for(lambda evs: any(e["type"] == "operation_completed" for e in evs))
-    assert [e["data"]["force_code"] for e in tap.of_type("force_reported_in")] == CONSTRUCTION
+    assert [e["data"]["force_code"] for e in tap.of_type("force_reported_in")] == ROAD
     [completed] = tap.of_type("operation_completed")
     assert completed["data"] == {"operation_id": oid, "order_no": "GD20261125000042",
-                                 "town_code": LIUYUAN, "outcome": "违法建筑已自行拆除，恢复原状"}
-    assert len(events) == 1 + len(CONSTRUCTION) + 1
+                                 "town_code": LIUYUAN, "outcome": "占道摊点已清理，恢复通行"}
+    assert len(events) == 1 + len(ROAD) + 1
 
 
 def test_retried_whistle_and_queries_over_rpc(enforcement, tap):

@@ -26,7 +26,8 @@ def test_the_thirteen_forces_each_have_a_demo_team_in_every_town():
 
 
 def test_competence_calls_the_lead_first_and_uses_every_force():
-    towns_, forces, _teams, violations = reference.shipped()
+    ref = reference.shipped()
+    forces, violations = ref.forces, ref.violation_types
     by_code = {v.code: v for v in violations}
     assert {"illegal_construction", "illegal_mining", "unlicensed_business", "environmental_pollution",
             "road_occupation", "food_safety", "fire_hazard"} <= set(by_code)
@@ -41,7 +42,7 @@ def test_competence_calls_the_lead_first_and_uses_every_force():
 
 
 def test_a_violation_type_may_shorten_the_report_in_deadline():
-    _towns, _forces, _teams, violations = reference.shipped()
+    violations = reference.shipped().violation_types
     by_code = {v.code: v for v in violations}
     assert by_code["road_occupation"].report_in_minutes == MINUTES
     assert by_code["fire_hazard"].report_in_minutes == {"emergency": 15, "urgent": 60, "normal": 1440}

@@ -28,7 +28,7 @@ def test_the_command_migrates_and_loads_reference_data(db_url, capsys):
     with pytest.raises(SystemExit) as done:
         cli.main(["load-reference", "--db-url", db_url])
     assert done.value.code == 0
-    assert "loaded 177 reference rows" in capsys.readouterr().out
+    assert "loaded 776 reference rows" in capsys.readouterr().out
 
 
 def test_an_operation_from_whistle_to_completion(any_db):
