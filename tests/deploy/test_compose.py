@@ -551,6 +551,52 @@ def test_the_dockerfile_parses_and_copies_only_what_exists():
     assert user and user[-1] != "root"
 
 
+def dockerignore_regex(pattern):
+    """A .dockerignore pattern (anchored at the context root; ``**`` any number of directories,
+    ``*`` and ``?`` within one path element) as a regular expression."""
+    out = []
+    for element in pattern.strip("/").split("/"):
+        if element == "**":
+            out.append("(?:[^/]+/)*")
+            continue
+        out.append(re.sub(r"\\\*|\\\?", lambda m: "[^/]*" if m.group() == "\\*" else "[^/]",
+                          re.escape(element)) + "/")
+    return re.compile("".join(out).removesuffix("/") + "$")
+
+
+def dockerignored(path, patterns):
+    """Whether the build context leaves ``path`` out: a pattern excludes a path or a directory above it."""
+    parts = Path(path).parts
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    return any(dockerignore_regex(pattern).match(prefix) for pattern in patterns for prefix in prefixes)
+
+
+@pytest.mark.parametrize("pattern, path, ignored", [
+    ("**/.venv", ".venv/bin/python", True), ("**/.venv", "a/b/.venv", True),
+    ("tests", "tests/deploy/x.py", True), ("tests", "services/intake/tests", False),
+    ("services/*/tests", "services/intake/tests/unit/t.py", True), ("**/*.db", "var/intake.db", True),
+    ("**/*.db", "services/x.dbx", False), ("docs", "libs/docs", False),
+])
+def test_dockerignore_patterns_are_read_like_docker_does(pattern, path, ignored):
+    assert dockerignored(path, [pattern]) is ignored
+
+
+def test_the_build_context_keeps_what_the_image_needs_and_leaves_secrets_out():
+    patterns = [line.strip() for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert not any(p.startswith("!") for p in patterns), "re-inclusion is not modelled here"
+    needed = ["libs/wuji-common/pyproject.toml", "libs/wuji-common/wuji_common/metrics.py",
+              "libs/wuji-common/wuji_common/reference/divisions.csv", "deploy/entrypoint.sh"]
+    for svc in WUJI_SERVICES:
+        needed += [f"services/{svc}/pyproject.toml", f"services/{svc}/config.yml",
+                   f"services/{svc}/{svc}/service.py", f"services/{svc}/{svc}/migrations/env.py"]
+    for path in needed:
+        assert (ROOT / path).exists(), path
+        assert not dockerignored(path, patterns), f"{path} is left out of the image"
+    for path in (".env", ".venv/bin/python", ".git/config", "var/intake.db", "services/intake/tests/conftest.py"):
+        assert dockerignored(path, patterns), f"{path} would be sent to the image build"
+
+
 def test_every_service_package_is_installed_by_the_image():
     packages = sorted(p.parent.name for p in ROOT.glob("services/*/pyproject.toml"))
     assert packages == sorted(WUJI_SERVICES)
