@@ -36,7 +36,8 @@ FIRST_DAY = date(2026, 11, 30)  # a Monday
 def town_fortnight(seed, operations=500, days=14):
     """A seeded scheduling problem: (Problem, description)."""
     rng = random.Random(seed)
-    _towns, forces, _teams, violations = reference.shipped()
+    shipped = reference.shipped()
+    forces, violations = shipped.forces, shipped.violation_types
     # violation mix: the common ones more often
     weights = [rng.uniform(0.5, 3.0) for _ in violations]
     jobs = []

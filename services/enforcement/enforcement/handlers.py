@@ -298,15 +298,14 @@ def _complete_operation(uow, data, key, now):
         operation = _locked_operation(s, data["operation_id"])
         if operation.status == domain.COMPLETED:
             raise InvalidTransition(f"联合执法行动 {operation.operation_id} 已完成")
-        missing = domain.not_reported_in(_force_statuses(s, operation.operation_id))
-        if missing:
-            raise InvalidTransition(f"尚有执法力量未报到：{'、'.join(missing)}", {"not_reported_in": missing})
-        violation = s.get(ViolationType, operation.violation_type)
-        procedure = _procedure_of(violation)
+        procedure = _procedure_of(s.get(ViolationType, operation.violation_type))
         refusal = domain.completion_refusal(procedure, operation.procedure_step,
                                             _rectified(s, operation.operation_id), data["evidence"])
         if refusal:
             raise InvalidTransition(refusal)
+        missing = domain.not_reported_in(_force_statuses(s, operation.operation_id))
+        if missing:
+            raise InvalidTransition(f"尚有执法力量未报到：{'、'.join(missing)}", {"not_reported_in": missing})
         operation.status = domain.COMPLETED
         operation.completed_at = now
         operation.outcome = domain.redact_outcome(data["outcome"])

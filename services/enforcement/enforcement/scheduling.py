@@ -146,6 +146,18 @@ def previous_days(problem):
     return {a.operation_id: a.day for a in problem.previous}
 
 
+def overloaded_previous(problem):
+    """(operation, force) of previous assignments on a team and day that now has less room than the
+    previous plan put there (an officer dropped out)."""
+    capacity = {t.code: t.capacity for t in problem.teams}
+    count = {}
+    for a in problem.previous:
+        count[a.team, a.day] = count.get((a.team, a.day), 0) + 1
+    full = {key for key, n in count.items()
+            if n > (capacity.get(key[0], [])[key[1]] if key[1] < len(capacity.get(key[0], [])) else 0)}
+    return {(a.operation_id, a.force_code) for a in problem.previous if (a.team, a.day) in full}
+
+
 def evaluate(problem, days, assignments, solver, status, started, bound_on_time=None):
     """The plan with its measures, from each job's day (None: not scheduled) and team assignments."""
     jobs_by_id = {j.operation_id: j for j in problem.jobs}
@@ -190,15 +202,21 @@ def assign_teams(problem, days):
     previous_team = {(a.operation_id, a.force_code): a.team for a in problem.previous}
     jobs = sorted((j for j in problem.jobs if days.get(j.operation_id) is not None),
                   key=lambda j: j.operation_id)
+    previous_day = previous_days(problem)
     chosen = {}
-    for job in jobs:  # first pass: previous teams
-        day = days[job.operation_id]
-        for force in job.forces:
-            team = previous_team.get((job.operation_id, force))
-            if team in remaining and remaining[team][day] > 0 and \
-                    any(t.code == team and t.force_code == force for t in teams_of.get(force, [])):
-                remaining[team][day] -= 1
-                chosen[(job.operation_id, force)] = team
+    # first the jobs that kept their day (they keep their teams: no move at all), then those that
+    # moved day (the same team on another day is still the team its officers know)
+    for kept_day in (True, False):
+        for job in jobs:
+            day = days[job.operation_id]
+            if (previous_day.get(job.operation_id) == day) != kept_day:
+                continue
+            for force in job.forces:
+                team = previous_team.get((job.operation_id, force))
+                if team in remaining and remaining[team][day] > 0 and \
+                        any(t.code == team and t.force_code == force for t in teams_of.get(force, [])):
+                    remaining[team][day] -= 1
+                    chosen[(job.operation_id, force)] = team
     for job in jobs:
         day = days[job.operation_id]
         for force in job.forces:
@@ -276,6 +294,7 @@ def solve_cp_sat(problem, time_limit=10.0, workers=2, seed=0):
         if len(vars_) > capacity[f][d]:
             model.Add(sum(vars_) <= capacity[f][d])
 
+    over = overloaded_previous(problem)
     on_time = []
     penalty = []  # (coefficient, var): weighted lateness relative to leaving the job out, and moves
     for j, job in enumerate(problem.jobs):
@@ -289,7 +308,10 @@ def solve_cp_sat(problem, time_limit=10.0, workers=2, seed=0):
                 penalty.append((w * (hours - left_out), x[j, d]))
         previous = before.get(job.operation_id)
         if previous is not None and (j, previous) in x:
-            penalty.append((-MOVE_PENALTY_HOURS * len(job.forces), x[j, previous]))  # stays: no move
+            # staying saves the move; a little less for a job on a team that has lost room that day
+            # (one of its jobs must change anyway), so that is the one that moves
+            squeezed = sum(1 for f in job.forces if (job.operation_id, f) in over)
+            penalty.append((-(MOVE_PENALTY_HOURS * len(job.forces) - squeezed), x[j, previous]))
 
     def hint(days):
         model.ClearHints()
@@ -298,7 +320,7 @@ def solve_cp_sat(problem, time_limit=10.0, workers=2, seed=0):
 
     def run(seconds):
         solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = max(0.1, seconds)
+        solver.parameters.max_time_in_seconds = max(1e-6, seconds)
         solver.parameters.num_workers = int(workers)
         solver.parameters.random_seed = int(seed)
         return solver, solver.Solve(model)
