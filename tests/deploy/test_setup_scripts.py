@@ -21,10 +21,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import create_engine, pool, text
+from sqlalchemy.engine import make_url
 
 from wuji_common.db import normalize_url
 from wuji_common.testing_helpers import free_port
@@ -33,8 +35,14 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 SERVICES = ("intake", "triage", "enforcement", "notify", "metrics")
-AMQP_HOST = os.environ.get("WUJI_TEST_AMQP_HOST", "127.0.0.1:5672")
+# the broker of wuji_common.testing (rabbitmqctl manages its users and vhosts)
+AMQP_HOST = urlsplit(os.environ.get("WUJI_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")).netloc.rsplit("@", 1)[-1]
 PG_BASE = os.environ.get("WUJI_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+_pg = make_url(PG_BASE)
+# how the init script's psql reaches the server as superuser (in the container: the image's socket)
+PG_CLIENT_ENV = {"PGHOST": _pg.host or "127.0.0.1", "PGPORT": str(_pg.port or 5432),
+                 "POSTGRES_USER": _pg.username or "postgres", "POSTGRES_DB": "postgres",
+                 **({"PGPASSWORD": _pg.password} if _pg.password else {})}
 STOP_GRACE_SECONDS = 30          # docker-compose.yml: stop_grace_period of the services
 
 APPEAL = {
@@ -73,13 +81,13 @@ def pg_admin():
 def databases():
     """init-databases.sh on the local server; {service: URL as that service's own role}."""
     prefix = f"wujideploytest_{secrets.token_hex(4)}_"
-    env = {"WUJI_DB_PREFIX": prefix, "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres",
-           "PGHOST": "127.0.0.1", "PGPORT": "5432"}
+    env = {"WUJI_DB_PREFIX": prefix, **PG_CLIENT_ENV}
     env.update({f"{svc.upper()}_DB_PASSWORD": password() for svc in SERVICES})
+    host = f"{PG_CLIENT_ENV['PGHOST']}:{PG_CLIENT_ENV['PGPORT']}"
     try:
         run_script(DEPLOY / "postgres/init-databases.sh", env)
         run_script(DEPLOY / "postgres/init-databases.sh", env)          # again: changes nothing
-        yield {svc: f"postgresql://{prefix}{svc}:{env[f'{svc.upper()}_DB_PASSWORD']}@127.0.0.1:5432/{prefix}{svc}"
+        yield {svc: f"postgresql://{prefix}{svc}:{env[f'{svc.upper()}_DB_PASSWORD']}@{host}/{prefix}{svc}"
                for svc in SERVICES}
     finally:
         admin = pg_admin()
@@ -108,7 +116,7 @@ def test_each_service_owns_its_database_and_cannot_open_the_others(databases):
 
 def test_init_databases_refuses_placeholders_before_changing_anything():
     prefix = f"wujideploytest_{secrets.token_hex(4)}_"
-    env = {"WUJI_DB_PREFIX": prefix, "PGHOST": "127.0.0.1", "POSTGRES_USER": "postgres"}
+    env = {"WUJI_DB_PREFIX": prefix, **PG_CLIENT_ENV}
     env.update({f"{svc.upper()}_DB_PASSWORD": password() for svc in SERVICES})
     env["METRICS_DB_PASSWORD"] = "replace-me-metrics-db"
     result = run_script(DEPLOY / "postgres/init-databases.sh", env, check=False)
