@@ -113,3 +113,55 @@ def test_phone_and_id_numbers_are_masked_in_the_outcome():
     assert domain.redact_outcome(text) == \
         "已约谈当事人（[电话已隐藏]，身份证[身份证号已隐藏]），责令拆除；联系[电话已隐藏]"
     assert domain.redact_outcome("已拆除违法建筑120平方米") == "已拆除违法建筑120平方米"
+
+
+# --- rosters (demo data) -----------------------------------------------------------------------------
+
+def test_every_team_has_a_demo_roster_and_district_teams_serve_every_town():
+    ref = reference.shipped()
+    rosters = {r.team_code: r for r in ref.rosters}
+    assert set(rosters) == {t.code for t in ref.teams}
+    district = rosters["comprehensive_enforcement-district"]
+    assert district.jurisdiction == tuple(sorted(towns()))
+    assert rosters["water-370404100"].jurisdiction == ("370404100",)
+    assert {o.source for o in ref.officers} == {"demo"} and {t.source for t in ref.teams} == {"demo"}
+    police = [o for o in ref.officers if o.team_code == "public_security-370404100"]
+    assert len(police) == 8 and all(len(o.duty_days) == 6 for o in police)  # one rest day each
+    assert {o.duty_days for o in police} >= {"234567", "134567"}  # in turn
+    water = [o for o in ref.officers if o.team_code == "water-370404100"]
+    assert {o.duty_days for o in water} == {"12345"}
+
+
+def test_illegal_construction_has_its_notice_and_waiting_period():
+    by_code = {v.code: v for v in reference.shipped().violation_types}
+    assert by_code["illegal_construction"].procedure == {"notice": "限期拆除通知书", "waiting_days": 10}
+    assert by_code["road_occupation"].procedure is None
+    assert by_code["road_occupation"].follow_up["escalate_after_minutes"]["emergency"] == 30
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"duty_days": "12389"}, "ISO weekdays"),
+    ({"hours": "18:00-08:00"}, "HH:MM-HH:MM"),
+    ({"max_concurrent_operations": 0}, "positive"),
+])
+def test_contradictory_rosters_are_refused(change, problem):
+    ref = reference.shipped()
+    doc = reference.rosters_doc()
+    doc["forces"]["water"] = {**doc["forces"]["water"], **change}
+    plain = [t for t in ref.teams if not t.code.endswith("-district")]
+    with pytest.raises(domain.ReferenceDataError, match=problem):
+        domain.parse_rosters(doc, ref.forces, plain, set(towns()))
+
+
+def test_a_procedure_without_waiting_days_is_refused():
+    doc = competence(procedure={"notice": "限期拆除通知书"})
+    with pytest.raises(domain.ReferenceDataError, match="waiting_days"):
+        domain.parse_competence(doc, FORCES)
+
+
+def test_escalation_must_come_after_the_reminder():
+    doc = {**competence(), "report_in_follow_up": {
+        "remind_after_minutes": {"emergency": 30, "urgent": 15, "normal": 60},
+        "escalate_after_minutes": {"emergency": 30, "urgent": 120, "normal": 480}}}
+    with pytest.raises(domain.ReferenceDataError, match="escalate after reminding"):
+        domain.parse_competence(doc, FORCES)
