@@ -13,7 +13,11 @@ from the shipped legal-competence rules (competence.yml), an urgency (10 % emerg
 rectification period first. Capacity is sized near demand, so that not everything fits on time.
 
 Prints one block per seed (solve time, on time, late, lateness hours, unscheduled, team utilisation
-for CP-SAT and greedy, and the bound), then the medians over the seeds. Last line: JSON with
+for CP-SAT and greedy, and the bound), then the medians over the seeds. "late" and "lateness" include
+operations due within the fortnight that the plan leaves out, counted as done the day after it;
+"unscheduled" also counts operations due after the fortnight, which a later plan takes. CP-SAT puts
+on-time operations first (lexicographically), so it leaves out operations that cannot be on time
+anyway rather than let them take a day from one that can: more on time, more lateness than greedy. Last line: JSON with
 solve_seconds, on_time, bound_on_time, greedy_on_time, lateness_hours (medians) and more.
 """
 import argparse
