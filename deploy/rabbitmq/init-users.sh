@@ -55,13 +55,13 @@ ensure_user() {
 #   rpc-<service>                       its RPC queue
 #   rpc.reply-<service>-<uuid>          reply queues of its RPC proxies
 #   evt-<source>-<type>--<service>.<m>  its event handlers' queues, with .retry.<n> and .dead
-#   amq.default                         the default exchange: failed events go to their retry/dead queue
+#   <service>.retry                     its own direct exchange: failed events go to their retry/dead queue
 permissions_for() {
     local svc=$1
     local own="rpc-$svc|rpc\\.reply-$svc-.+|evt-.+--$svc\\..+"
-    local configure="^(nameko-rpc|.+\\.events|$own)\$"
-    local write="^(nameko-rpc|$svc\\.events|amq\\.default|$own)\$"
-    local read="^(nameko-rpc|.+\\.events|$own)\$"
+    local configure="^(nameko-rpc|.+\\.events|$svc\\.retry|$own)\$"
+    local write="^(nameko-rpc|$svc\\.events|$svc\\.retry|$own)\$"
+    local read="^(nameko-rpc|.+\\.events|$svc\\.retry|$own)\$"
     printf '%s\n%s\n%s\n' "$configure" "$write" "$read"
 }
 

@@ -10,6 +10,7 @@ Queues, per handler (nameko's name ``evt-<source>-<type>--<service>.<method>``):
     <queue>                the handler's queue (durable)
     <queue>.retry.<n>      delay queue n: x-message-ttl = EVENT_RETRY_DELAYS[n-1] seconds
     <queue>.dead           dead letters
+both bound to the direct exchange ``<service>.retry`` with their own names as routing keys.
 """
 import logging
 
@@ -28,10 +29,16 @@ DEFAULT_RETRY_DELAYS = (1, 5, 30)
 ATTEMPT_HEADER = "x-wuji-attempt"
 
 
-def retry_queues(queue_name, delays):
-    default = Exchange("", type="direct")
+def retry_exchange(service_name):
+    """Failed messages are parked through an exchange of the consuming service's own, not the
+    default exchange, so that a service's broker user may write to its own delay queues only."""
+    return Exchange(f"{service_name}.retry", type="direct", durable=True)
+
+
+def retry_queues(queue_name, delays, service_name):
+    exchange = retry_exchange(service_name)
     queues = [
-        Queue(f"{queue_name}.retry.{n}", exchange=default, routing_key=f"{queue_name}.retry.{n}",
+        Queue(f"{queue_name}.retry.{n}", exchange=exchange, routing_key=f"{queue_name}.retry.{n}",
               durable=True, queue_arguments={
                   "x-message-ttl": int(delay * 1000),
                   "x-dead-letter-exchange": "",
@@ -39,7 +46,7 @@ def retry_queues(queue_name, delays):
               })
         for n, delay in enumerate(delays, start=1)
     ]
-    queues.append(Queue(f"{queue_name}.dead", exchange=default, routing_key=f"{queue_name}.dead",
+    queues.append(Queue(f"{queue_name}.dead", exchange=exchange, routing_key=f"{queue_name}.dead",
                         durable=True))
     return queues
 
@@ -53,7 +60,7 @@ class ReliableEventHandler(EventHandler):
         self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
         self.publisher = Publisher(self.amqp_uri, use_confirms=True)
         with Connection(self.amqp_uri) as conn:
-            for queue in retry_queues(self.queue.name, self.delays):
+            for queue in retry_queues(self.queue.name, self.delays, self.container.service_name):
                 queue(conn.default_channel).declare()
 
     @property
@@ -92,7 +99,8 @@ class ReliableEventHandler(EventHandler):
             log.error("%s failed %d times (%s); dead-lettered to %s", self.consumer_name, attempt,
                       type(exc).__name__, target)
         self.publisher.publish(
-            message.body, exchange="", routing_key=target, headers=headers, serializer=None,
+            message.body, exchange=retry_exchange(self.container.service_name), routing_key=target,
+            headers=headers, serializer=None,
             content_type=message.content_type, content_encoding=message.content_encoding,
             message_id=message.properties.get("message_id"), mandatory=True)
 

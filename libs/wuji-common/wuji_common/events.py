@@ -7,7 +7,7 @@ personal data (name, phone, ID number, precise address). Each is published to th
     {"event_id", "type", "version", "occurred_at", "case_no", "source", "data": {...}}
 """
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from marshmallow import Schema, fields, validate
 
@@ -261,6 +261,11 @@ CATALOGUE = {
     "joint_enforcement_carried_out": ("enforcement", 1, JointEnforcementCarriedOut),
     "operations_scheduled": ("enforcement", 1, OperationsScheduled),
 }
+
+
+# China Standard Time (no daylight saving): case and order numbers carry the local date, and people
+# are shown local times; the wire and the databases keep UTC.
+CHINA_TIME = timezone(timedelta(hours=8), "CST")
 
 
 def now_iso():

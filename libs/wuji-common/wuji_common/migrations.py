@@ -56,6 +56,11 @@ def run_env(target_metadata):
     engine = make_engine(url, poolclass=pool.NullPool) if not url.startswith("sqlite") \
         else make_engine(url)
     with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # replicas of a service starting together must not migrate at the same time: the
+            # first takes the lock and migrates, the others wait and then find nothing to do
+            connection.exec_driver_sql("SELECT pg_advisory_lock(7190254)")
+            connection.commit()
         context.configure(connection=connection, target_metadata=target_metadata,
                           render_as_batch=url.startswith("sqlite"))
         with context.begin_transaction():

@@ -9,6 +9,7 @@ delays an event, never loses it.
 import argparse
 import importlib
 import inspect
+import os
 
 from kombu import Connection, Queue
 from nameko.events import EventHandler
@@ -38,7 +39,7 @@ def declare(amqp_uri, service_classes, retry_delays=DEFAULT_RETRY_DELAYS):
                 exchange = get_event_exchange(source, {})
                 exchange(channel).declare()
                 Queue(queue_name, exchange=exchange, routing_key=event_type, durable=True)(channel).declare()
-                for queue in retry_queues(queue_name, retry_delays):
+                for queue in retry_queues(queue_name, retry_delays, service_cls.name):
                     queue(channel).declare()
                 declared.append(queue_name)
     return declared
@@ -54,7 +55,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="wuji-broker", description="Declare Wuji's queues on RabbitMQ")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("declare", help="declare exchanges, subscriber queues, delay and dead-letter queues")
-    d.add_argument("--amqp-uri", default="amqp://guest:guest@127.0.0.1:5672/")
+    d.add_argument("--amqp-uri", default=os.environ.get("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"),
+                   help="default: $AMQP_URI, else the local broker")
     d.add_argument("services", nargs="+", help="service classes, e.g. triage.service:TriageService")
     a = sub.add_parser("asyncapi", help="write docs/asyncapi.json and docs/events.md from the catalogue")
     a.add_argument("--out", default="docs")

@@ -4,12 +4,13 @@ import hmac
 import secrets
 
 from wuji_common import privacy
+from wuji_common.events import CHINA_TIME
 from wuji_common.privacy import mask_id_number, mask_name, mask_phone  # noqa: F401  (staff views)
 
 
 def case_no_for(received_at, sequence):
     """Human-readable and unique: YC + date + sequence, e.g. YC20261125000123."""
-    return f"YC{received_at:%Y%m%d}{sequence:06d}"
+    return f"YC{received_at.astimezone(CHINA_TIME):%Y%m%d}{sequence:06d}"
 
 
 def new_tracking_token():

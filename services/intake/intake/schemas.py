@@ -1,9 +1,10 @@
 """intake's wire contract: what a citizen or a department system may send, and what it gets back."""
 import re
+from datetime import timezone
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
-from wuji_common.events import CHANNELS, SATISFACTION
+from wuji_common.events import CHANNELS, CHINA_TIME, SATISFACTION
 
 PHONE = re.compile(r"^(1[3-9]\d{9}|0\d{2,3}-?\d{7,8})$")  # mobile, or landline with area code
 ID_NUMBER = re.compile(r"^\d{17}[\dXx]$")
@@ -66,8 +67,17 @@ class RatingSchema(Strict):
     comment = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
 
 
+class ChinaTime(fields.DateTime):
+    """Times shown to people are China time (2026-11-25T08:00:00+08:00)."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is not None and value.tzinfo is None:  # SQLite hands back naive UTC
+            value = value.replace(tzinfo=timezone.utc)
+        return super()._serialize(value and value.astimezone(CHINA_TIME), attr, obj, **kwargs)
+
+
 class TimelineEntrySchema(Schema):
-    at = fields.DateTime()
+    at = ChinaTime()
     status = fields.String()
     text = fields.String()
 
@@ -78,7 +88,7 @@ class PublicAppealSchema(Schema):
     title = fields.String()
     status = fields.String()
     status_text = fields.String()
-    received_at = fields.DateTime()
+    received_at = ChinaTime()
     timeline = fields.List(fields.Nested(TimelineEntrySchema))
     can_rate = fields.Boolean()
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from wuji_common.errors import InvalidTransition
+from wuji_common.events import CHINA_TIME  # order numbers carry the local date
 
 ROUTER_VERSION = "1"
 LEVELS = ("grid", "town", "district")
 COMMAND_CENTRE = "dept-command"  # 区社会治理服务中心: takes what no other unit fits, cannot return it
-CHINA_TIME = timezone(timedelta(hours=8), "CST")  # order numbers carry the local date
 
 
 class TaxonomyError(ValueError):
