@@ -1,6 +1,5 @@
-"""enforcement's extensions: its database (unit of work + outbox relay), the metrics exporter, a
-timer whose interval comes from the config, and the planner that runs the scheduler in a worker
-process."""
+"""enforcement's extensions: its database (unit of work + outbox relay), the metrics exporter, and
+the planner that runs the scheduler in a worker process."""
 import json
 import logging
 import sys
@@ -8,7 +7,6 @@ import time
 
 import eventlet
 from eventlet.green import subprocess as green_subprocess
-from nameko import timer as nameko_timer
 from nameko.extensions import DependencyProvider
 
 from enforcement import scheduling
@@ -20,22 +18,6 @@ log = logging.getLogger(__name__)
 
 def EnforcementDatabase():
     return Database(metadata)
-
-
-class Timer(nameko_timer.Timer):
-    """nameko's timer, with the interval read from ``config[config_key]`` at setup (the decorator
-    runs at import, before any config exists), so that deployments and tests can tune it. Same class
-    name as nameko's, so that metrics label its calls kind="timer"."""
-
-    def __init__(self, config_key, default_interval, **kwargs):
-        self.config_key = config_key
-        super().__init__(interval=default_interval, **kwargs)
-
-    def setup(self):
-        self.interval = float(self.container.config.get(self.config_key, self.interval))
-
-
-timer_from_config = Timer.decorator
 
 
 class Planner(DependencyProvider):

@@ -31,9 +31,9 @@ import logging
 from nameko.rpc import rpc
 
 from enforcement import handlers
-from enforcement.dependencies import EnforcementDatabase, MetricsExporter, Planner, timer_from_config
+from enforcement.dependencies import EnforcementDatabase, MetricsExporter, Planner
 from wuji_common import metrics
-from wuji_common.entrypoints import event_handler
+from wuji_common.entrypoints import config_timer, event_handler
 from wuji_common.errors import EXPECTED, InvalidTransition
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class EnforcementService:
         return handlers.assessment(self.uow(), town_code, since, until)
 
     # --- timers -----------------------------------------------------------------------------------------
-    @timer_from_config("REPORT_IN_WATCH_SECONDS", DEFAULT_WATCH_SECONDS)
+    @config_timer("REPORT_IN_WATCH_SECONDS", DEFAULT_WATCH_SECONDS)
     def watch_report_in_deadlines(self):
         """Mark forces past their report-in deadline as late, remind them, then escalate them (fires
         in every instance; each force is marked, reminded and escalated once). One short
@@ -158,7 +158,7 @@ class EnforcementService:
             while len(step(self.uow(), batch_size=WATCH_BATCH)) == WATCH_BATCH:
                 pass
 
-    @timer_from_config("REPLAN_WATCH_SECONDS", DEFAULT_REPLAN_SECONDS)
+    @config_timer("REPLAN_WATCH_SECONDS", DEFAULT_REPLAN_SECONDS)
     def replan_requested_towns(self):
         """Revise the plan of each town where an officer dropped out or an urgent operation arrived.
         A request stays until a plan that saw it commits, so a failed re-plan is tried again."""
