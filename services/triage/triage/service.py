@@ -6,7 +6,8 @@ in ``<queue>.dead``):
     intake.appeal_rated             → close the order, or reopen it (返工)     → order_closed | order_reopened
     enforcement.operation_completed → resolve the order the operation was for → order_resolved
 RPC (units' systems; every mutating call takes an idempotency_key, and a retry returns the first
-result): get_order, find_orders, accept_order, return_order, add_progress, resolve_order.
+result): get_order, find_orders, accept_order, return_order, add_progress, resolve_order;
+services_catalogue (read-only: the taxonomy's items, for Open311 GET services and units' forms).
 Errors: NotFound, NotYourOrder (not the order's unit), InvalidTransition, ValidationError (fields).
 Events out (via the outbox): order_dispatched, order_accepted, order_returned, order_progressed,
 order_resolved, order_reopened, order_closed.
@@ -14,6 +15,7 @@ order_resolved, order_reopened, order_closed.
 from nameko.rpc import rpc
 
 from triage import handlers
+from triage.catalogue import services_catalogue
 from triage.dependencies import ORDERS_ROUTED, MetricsExporter, RouterProvider, TriageDatabase
 from wuji_common import metrics
 from wuji_common.entrypoints import event_handler
@@ -56,6 +58,11 @@ class TriageService:
     def find_orders(self, case_no=None, unit_code=None, status=None, limit=None):
         """Orders matching every filter given, oldest first (at most ``limit``, else 10,000)."""
         return handlers.find_orders(self.uow(), case_no, unit_code, status, limit)
+
+    @rpc
+    def services_catalogue(self):
+        """The taxonomy's categories and items (事项目录) with level, department and time limits."""
+        return services_catalogue(self.uow(), self.router.taxonomy)
 
     @rpc(expected_exceptions=EXPECTED)
     def accept_order(self, order_no, unit_code, idempotency_key):
