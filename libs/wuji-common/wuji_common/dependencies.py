@@ -11,8 +11,12 @@ import weakref
 
 import eventlet
 from eventlet.event import Event
+from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
-from nameko.rpc import RpcProxy, ServiceProxy
+from nameko.messaging import Consumer
+from nameko.rpc import Rpc, RpcProxy, ServiceProxy
+from nameko.timer import Timer
+from nameko.web.handlers import HttpRequestHandler
 from prometheus_client import start_http_server
 
 from wuji_common import metrics
@@ -91,13 +95,24 @@ class Database(DependencyProvider):
 
 
 _exporters_started = {}
-# a stable, low-cardinality `kind` label whatever subclass implements the entrypoint
-ENTRYPOINT_KINDS = {"Rpc": "rpc", "HttpRequestHandler": "http", "EventHandler": "event",
-                    "ReliableEventHandler": "event", "Timer": "timer", "Consumer": "consumer"}
+# the `kind` label, stable and low-cardinality whatever subclass implements the entrypoint (the
+# platform's ReliableEventHandler and config Timer included); EventHandler before Consumer, its base
+ENTRYPOINT_KINDS = ((Rpc, "rpc"), (HttpRequestHandler, "http"), (EventHandler, "event"), (Timer, "timer"),
+                    (Consumer, "consumer"))
+OUTCOMES = ("ok", "expected_error", "error")
+
+
+def entrypoint_kind(entrypoint):
+    for cls, kind in ENTRYPOINT_KINDS:
+        if isinstance(entrypoint, cls):
+            return kind
+    return type(entrypoint).__name__.lower()
 
 
 class MetricsExporter(DependencyProvider):
-    """Counts every entrypoint call by outcome and latency and serves ``/metrics``.
+    """Counts every entrypoint call by outcome and latency, tracks busy workers, and serves
+    ``/metrics`` from a thread of its own (not a worker), so a scrape is answered while every
+    worker is busy.
 
     Config: ``METRICS_PORT`` (0 or absent: not served; several containers in one process share one
     registry, so the first to bind a port serves them all), ``METRICS_ADDRESS`` (default 127.0.0.1).
@@ -106,10 +121,29 @@ class MetricsExporter(DependencyProvider):
     def setup(self):
         self.service = self.container.service_name
         self.started = weakref.WeakKeyDictionary()
+        self._declare_series()
         port = int(self.container.config.get("METRICS_PORT", 0) or 0)
         address = self.container.config.get("METRICS_ADDRESS", "127.0.0.1")
         if port and (address, port) not in _exporters_started:
             _exporters_started[(address, port)] = start_http_server(port, addr=address)
+
+    def _declare_series(self):
+        """Every series this service can produce, at zero, from the start: a counter that first
+        appears at 1 is invisible to ``increase()``, so the first error or dead letter after a
+        restart would not raise an alert."""
+        service = self.service
+        metrics.WORKERS_BUSY.labels(service)
+        metrics.WORKERS_MAX.labels(service).set(self.container.max_workers)
+        for entrypoint in self.container.entrypoints:
+            kind = entrypoint_kind(entrypoint)
+            for outcome in OUTCOMES:
+                metrics.ENTRYPOINT_CALLS.labels(service, entrypoint.method_name, kind, outcome)
+            metrics.ENTRYPOINT_LATENCY.labels(service, entrypoint.method_name, kind)
+            consumer = getattr(entrypoint, "consumer_name", None)   # the platform's event handlers
+            if consumer:
+                for counter in (metrics.EVENTS_RETRIED, metrics.EVENTS_DEAD_LETTERED,
+                                metrics.EVENTS_DUPLICATE):
+                    counter.labels(service, consumer)
 
     def get_dependency(self, worker_ctx):
         return None
@@ -120,7 +154,7 @@ class MetricsExporter(DependencyProvider):
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         entrypoint = worker_ctx.entrypoint
-        kind = ENTRYPOINT_KINDS.get(type(entrypoint).__name__, type(entrypoint).__name__.lower())
+        kind = entrypoint_kind(entrypoint)
         name = entrypoint.method_name
         started = self.started.pop(worker_ctx, None)
         metrics.WORKERS_BUSY.labels(self.service).dec()

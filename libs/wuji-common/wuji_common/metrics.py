@@ -8,6 +8,7 @@ ENTRYPOINT_LATENCY = Histogram(
     "wuji_entrypoint_latency_seconds", "Entrypoint latency", ["service", "entrypoint", "kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 WORKERS_BUSY = Gauge("wuji_workers_busy", "Workers running now", ["service"])
+WORKERS_MAX = Gauge("wuji_workers_max", "Workers the service may run at once (max_workers)", ["service"])
 OUTBOX_BACKLOG = Gauge("wuji_outbox_backlog", "Outbox rows not yet published", ["service"])
 OUTBOX_OLDEST_AGE = Gauge("wuji_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row",
                           ["service"])
