@@ -145,6 +145,7 @@ def fold_order(order_no, events):
             order["satisfaction"] = data.get("satisfaction") or order["satisfaction"]
     order["report_in_seconds"] = seconds_between(order["dispatched_at"], order["accepted_at"])
     order["resolve_seconds"] = seconds_between(order["dispatched_at"], order["first_resolved_at"])
+    order["close_seconds"] = seconds_between(order["dispatched_at"], order["closed_at"])
     return order
 
 

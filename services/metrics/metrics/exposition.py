@@ -13,7 +13,7 @@ import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from metrics.handlers import REPORT_IN_BUCKETS, RESOLVE_BUCKETS
+from metrics.handlers import CLOSE_BUCKETS, REPORT_IN_BUCKETS, RESOLVE_BUCKETS
 
 UNKNOWN = "unknown"
 
@@ -29,6 +29,8 @@ ORDER_COUNTERS = {
 ENFORCEMENT_COUNTERS = {
     "whistle_blown": ("wuji_whistles_blown", "Joint enforcement operations opened (吹哨)"),
     "operation_completed": ("wuji_operations_completed", "Joint enforcement operations completed"),
+    "force_report_in_overdue": ("wuji_forces_report_in_overdue",
+                                "Called forces marked late for report-in (报到超时), each once"),
 }
 
 
@@ -61,6 +63,13 @@ def build_families(snapshot):
         appeals.add_metric(_labels(labels), n)
     families.append(appeals)
 
+    by_category = GaugeMetricFamily(
+        "wuji_appeals_by_category", "Appeals received, by town and by the category of their latest "
+        "dispatch (unknown until dispatched)", labels=["town", "category"])
+    for labels, n in snap.get("appeals_by_category", []):
+        by_category.add_metric(_labels(labels), n)
+    families.append(by_category)
+
     order_families = {kind: CounterMetricFamily(name, doc, labels=["town", "category"])
                       for kind, (name, doc) in ORDER_COUNTERS.items()}
     for (kind, town, category), n in snap.get("order_events", []):
@@ -86,6 +95,29 @@ def build_families(snapshot):
         overdue.add_metric(_labels(labels), n)
     families.append(overdue)
 
+    unit_statuses = GaugeMetricFamily("wuji_unit_orders", "Work orders now in each status, per unit",
+                                      labels=["unit", "status"])
+    for labels, n in snap.get("unit_orders_by_status", []):
+        unit_statuses.add_metric(_labels(labels), n)
+    families.append(unit_statuses)
+
+    unit_overdue = GaugeMetricFamily(
+        "wuji_unit_orders_overdue", "Open work orders past a deadline now, per unit (as "
+        "wuji_orders_overdue)", labels=["unit", "stage"])
+    for labels, n in snap.get("unit_orders_overdue", []):
+        unit_overdue.add_metric(_labels(labels), n)
+    families.append(unit_overdue)
+
+    for key, name, doc, label in (
+            ("kpi_by_town", "wuji_kpi_count", "The counts behind metrics.kpis (响应率, 按时办结率, "
+             "满意率, 返工率) for today and the month so far, per town", "town"),
+            ("kpi_by_unit", "wuji_unit_kpi_count", "The counts behind metrics.kpis for today and the "
+             "month so far, per unit", "unit")):
+        family = GaugeMetricFamily(name, doc, labels=["period", label, "measure"])
+        for labels, n in snap.get(key, []):
+            family.add_metric(_labels(labels), n)
+        families.append(family)
+
     enforcement = {kind: CounterMetricFamily(name, doc, labels=["town"])
                    for kind, (name, doc) in ENFORCEMENT_COUNTERS.items()}
     for (kind, town), n in snap.get("enforcement_events", []):
@@ -103,7 +135,9 @@ def build_families(snapshot):
             ("report_in_seconds", "wuji_order_report_in_seconds",
              "Time from dispatch to acceptance (报到) of work orders", REPORT_IN_BUCKETS),
             ("resolve_seconds", "wuji_order_resolve_seconds",
-             "Time from dispatch to first resolution (办结) of work orders", RESOLVE_BUCKETS)):
+             "Time from dispatch to first resolution (办结) of work orders", RESOLVE_BUCKETS),
+            ("close_seconds", "wuji_order_close_seconds",
+             "Time from dispatch to closing (结案) of work orders", CLOSE_BUCKETS)):
         histogram = HistogramMetricFamily(name, doc, labels=["town"])
         for labels, cumulative, total, count in snap.get(key, []):
             buckets = [(str(float(b)), c) for b, c in zip(bounds, cumulative)] + [("+Inf", count)]

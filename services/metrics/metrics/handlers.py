@@ -5,12 +5,14 @@
 - :func:`kpis` answers ``metrics.kpis`` with SQL aggregation over the facts.
 - :func:`metrics_snapshot` reads the numbers behind the Prometheus series from the database, so they
   are right after a restart and the same in every instance.
+- :func:`rebuild` replays the event log into fresh facts (after a change of a fold, or to repair).
 """
 import logging
 from datetime import timezone
+from zoneinfo import ZoneInfo
 
 from marshmallow import ValidationError as SchemaError
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, case, delete, func, insert, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -29,8 +31,14 @@ REPORT_IN_BUCKETS = (300, 900, 1800, HOUR, 2 * HOUR, 4 * HOUR, 8 * HOUR, 24 * HO
                      72 * HOUR)
 RESOLVE_BUCKETS = (HOUR, 4 * HOUR, 8 * HOUR, 24 * HOUR, 48 * HOUR, 72 * HOUR, 120 * HOUR,
                    168 * HOUR, 360 * HOUR, 720 * HOUR)
+# closing waits for the citizen's rating too, so the tail is longer
+CLOSE_BUCKETS = (4 * HOUR, 24 * HOUR, 48 * HOUR, 72 * HOUR, 120 * HOUR, 168 * HOUR, 360 * HOUR,
+                 720 * HOUR, 1440 * HOUR)
 
-ENFORCEMENT_EVENTS = ("whistle_blown", "operation_completed")
+ENFORCEMENT_EVENTS = ("whistle_blown", "operation_completed", "force_report_in_overdue")
+# the KPI counts served as series: the calendar day and the month so far, in the KPI time zone
+KPI_PERIODS = ("today", "month")
+REBUILD_BATCH = 500
 
 
 # --- events in ----------------------------------------------------------------------------------
@@ -104,6 +112,55 @@ def event_count(uow, event_type=None):
         return uow.session.scalar(stmt)
 
 
+# --- replay -------------------------------------------------------------------------------------
+
+def rebuild(uow, now=None, batch_size=REBUILD_BATCH):
+    """Replay the event log into fresh facts: every appeal and order fact is dropped and folded again
+    from its logged events, as :func:`record_event` folds them. Use it after a fold changed (a new
+    field, a corrected rule) or to repair facts damaged by hand; the log itself is never touched.
+
+    One transaction: readers see the old facts or the new ones, never half of them. On PostgreSQL
+    the fact tables are locked against writers meanwhile; an event that arrives then waits, and
+    refolds its fact (its own event included) once the new facts are committed. Memory stays
+    bounded: facts are folded ``batch_size`` keys at a time. Returns what was rebuilt."""
+    now = now or utcnow()
+    with uow:
+        s = uow.session
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("LOCK TABLE orders, appeals IN EXCLUSIVE MODE"))
+        s.execute(delete(OrderFact))
+        s.execute(delete(AppealFact))
+        orders = _refold_all(s, OrderFact, EventLog.order_no, None, domain.fold_order, now, batch_size)
+        appeals = _refold_all(s, AppealFact, EventLog.case_no, EventLog.type.in_(domain.APPEAL_EVENTS),
+                              domain.fold_appeal, now, batch_size)
+        events = s.scalar(select(func.count()).select_from(EventLog))
+        uow.commit()
+    log.info("rebuilt %d order and %d appeal facts from %d events", orders, appeals, events)
+    return {"events": events, "orders": orders, "appeals": appeals}
+
+
+def _refold_all(s, model, key_column, condition, fold, now, batch_size):
+    """Fold every key of the log into a new fact row, a page of keys at a time."""
+    keys_stmt = select(key_column).where(key_column.is_not(None)).distinct().order_by(key_column)
+    if condition is not None:
+        keys_stmt = keys_stmt.where(condition)
+    written, after = 0, None
+    while True:
+        page_stmt = keys_stmt if after is None else keys_stmt.where(key_column > after)
+        keys = s.execute(page_stmt.limit(batch_size)).scalars().all()
+        if not keys:
+            return written
+        events_stmt = select(key_column, EventLog.envelope).where(key_column.in_(keys))
+        if condition is not None:
+            events_stmt = events_stmt.where(condition)
+        events = {}
+        for key, envelope in s.execute(events_stmt):
+            events.setdefault(key, []).append(envelope)
+        s.execute(insert(model), [{**fold(key, events[key]), "updated_at": now} for key in keys])
+        written += len(keys)
+        after = keys[-1]
+
+
 # --- KPIs ---------------------------------------------------------------------------------------
 
 def kpis(uow, start, end, group_by, tz="Asia/Shanghai", now=None):
@@ -117,12 +174,24 @@ def kpis(uow, start, end, group_by, tz="Asia/Shanghai", now=None):
     now = _utc(now)
     key = domain.group_key(query["group_by"])
     with uow:
-        counts = {}
-        for group, row in (*_order_counts(uow.session, key, window, now),
-                           *_appeal_counts(uow.session, key, window)):
-            counts.setdefault(group, {}).update(row)
+        counts = _kpi_counts(uow.session, key, window, now)
     rows = domain.assemble(counts, group_names(query["group_by"]))
     return KpiRowSchema(many=True).dump(rows)
+
+
+def _kpi_counts(s, key, window, now):
+    """{group: {count name: n}}: the KPI counts of each group over the window (SQL)."""
+    counts = {}
+    for group, row in (*_order_counts(s, key, window, now), *_appeal_counts(s, key, window)):
+        counts.setdefault(group, {}).update(row)
+    return counts
+
+
+def kpi_windows(now, tz):
+    """The windows of KPI_PERIODS at ``now``: today, and the month up to today (local days)."""
+    today = now.astimezone(ZoneInfo(tz)).date()
+    return {"today": domain.Window(today, today, tz),
+            "month": domain.Window(today.replace(day=1), today, tz)}
 
 
 def _utc(now):
@@ -185,11 +254,14 @@ def group_names(group_by):
 
 # --- Prometheus ---------------------------------------------------------------------------------
 
-def metrics_snapshot(uow, now=None):
+def metrics_snapshot(uow, now=None, tz="Asia/Shanghai"):
     """Every number behind the domain series, read from the log and the facts. Counts of the log only
-    grow (it is append-only), so they are exposed as counters that survive restarts."""
+    grow (it is append-only), so they are exposed as counters that survive restarts. The KPI counts
+    of today and of the month so far (calendar days in ``tz``) are those ``metrics.kpis`` gives,
+    per town and per unit."""
     e, o, a = EventLog, OrderFact, AppealFact
     now = _utc(now)
+    windows = kpi_windows(now, tz)
     # the SQL form of domain.overdue_stage
     resolve_late = and_(o.status.in_(domain.OPEN_STATUSES), o.resolve_due_at < now)
     accept_late = and_(o.status == "dispatched", o.accept_due_at < now)
@@ -200,11 +272,20 @@ def metrics_snapshot(uow, now=None):
         def rows(stmt):
             return [(tuple(r[:-1]), r[-1]) for r in s.execute(stmt)]
 
+        def kpi_counts(key):
+            return [((period, group, measure), n)
+                    for period, window in windows.items()
+                    for group, counts in _kpi_counts(s, key, window, now).items()
+                    for measure, n in counts.items()]
+
         return {
             "events": rows(select(e.type, func.count()).group_by(e.type)),
             "appeals_received": rows(
                 select(a.town_code, a.channel, func.count())
                 .where(a.received_at.is_not(None)).group_by(a.town_code, a.channel)),
+            "appeals_by_category": rows(
+                select(a.town_code, a.category, func.count())
+                .where(a.received_at.is_not(None)).group_by(a.town_code, a.category)),
             "order_events": rows(
                 select(e.type, e.town_code, e.category, func.count())
                 .where(e.type.in_(domain.ORDER_EVENTS)).group_by(e.type, e.town_code, e.category)),
@@ -214,6 +295,13 @@ def metrics_snapshot(uow, now=None):
             "orders_overdue": rows(
                 select(o.town_code, stage, func.count()).where(or_(resolve_late, accept_late))
                 .group_by(o.town_code, stage)),
+            "unit_orders_by_status": rows(
+                select(o.unit_code, o.status, func.count()).group_by(o.unit_code, o.status)),
+            "unit_orders_overdue": rows(
+                select(o.unit_code, stage, func.count()).where(or_(resolve_late, accept_late))
+                .group_by(o.unit_code, stage)),
+            "kpi_by_town": kpi_counts("town_code"),
+            "kpi_by_unit": kpi_counts("unit_code"),
             "enforcement_events": rows(
                 select(e.type, e.town_code, func.count())
                 .where(e.type.in_(ENFORCEMENT_EVENTS)).group_by(e.type, e.town_code)),
@@ -221,6 +309,7 @@ def metrics_snapshot(uow, now=None):
                 _by_payload_field(e, "force_reported_in", "within_deadline", as_boolean=True)),
             "report_in_seconds": _histogram(s, o.report_in_seconds, REPORT_IN_BUCKETS),
             "resolve_seconds": _histogram(s, o.resolve_seconds, RESOLVE_BUCKETS),
+            "close_seconds": _histogram(s, o.close_seconds, CLOSE_BUCKETS),
         }
 
 

@@ -72,6 +72,7 @@ class OrderFact(Base):
     satisfaction: Mapped[str | None] = mapped_column(String(24))
     report_in_seconds: Mapped[float | None] = mapped_column(Float)  # dispatch → acceptance
     resolve_seconds: Mapped[float | None] = mapped_column(Float)    # dispatch → first resolution
+    close_seconds: Mapped[float | None] = mapped_column(Float)      # dispatch → closed (结案)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -4,7 +4,7 @@ Events in: every event of the catalogue (intake, triage, enforcement), at-least-
 dropped by event id in the same transaction as their effect. Each is kept in the event log and
 folded into the appeal and order facts.
 RPC: kpis(start, end, group_by) — 响应率, 按时办结率, 满意率, 返工率 per town, unit or category;
-event_count(event_type=None).
+event_count(event_type=None); rebuild() — replays the event log into fresh facts.
 Prometheus: the domain series, recomputed from the database every REFRESH_SECONDS (and at start),
 plus wuji_common's entrypoint series, on METRICS_PORT.
 """
@@ -36,10 +36,19 @@ class MetricsService:
     def event_count(self, event_type=None):
         return handlers.event_count(self.uow(), event_type)
 
+    @rpc
+    def rebuild(self):
+        """Drop the appeal and order facts and fold them again from the event log (one transaction;
+        events arriving meanwhile wait and then refold). Returns {"events", "orders", "appeals"}.
+        Long on a big log: call it with a generous timeout, or run `metrics rebuild` instead."""
+        result = handlers.rebuild(self.uow())
+        self.publish_series(handlers.metrics_snapshot(self.uow(), tz=self.kpi_timezone))
+        return result
+
     # --- Prometheus -----------------------------------------------------------------------------
     @config_timer("REFRESH_SECONDS", 15, eager=True)
     def refresh_series(self):
-        self.publish_series(handlers.metrics_snapshot(self.uow()))
+        self.publish_series(handlers.metrics_snapshot(self.uow(), tz=self.kpi_timezone))
 
     # --- events ---------------------------------------------------------------------------------
     def _record(self, envelope, method):
@@ -94,3 +103,7 @@ class MetricsService:
     @event_handler("enforcement", "operation_completed")
     def on_operation_completed(self, envelope):
         self._record(envelope, "on_operation_completed")
+
+    @event_handler("enforcement", "force_report_in_overdue")
+    def on_force_report_in_overdue(self, envelope):
+        self._record(envelope, "on_force_report_in_overdue")

@@ -8,6 +8,7 @@ from kombu import Connection
 from nameko.standalone.rpc import ServiceRpcProxy
 
 from metrics import domain, handlers
+from metrics.models import AppealFact, OrderFact
 from metrics.service import MetricsService
 from wuji_common.errors import ValidationError
 from wuji_common.testing_helpers import free_port, publish_event
@@ -139,3 +140,35 @@ def test_bad_kpi_queries_are_refused_naming_the_field(service):
         with pytest.raises(ValidationError) as err:
             rpc.kpis("2025-03-03", "2025-03-09", "village")
         assert list(err.value.fields) == ["group_by"]
+
+
+def test_rebuild_over_rpc_refolds_the_facts_from_the_log(service, amqp_uri, story, metrics_db):
+    config, start = service
+    start()
+    events = story.week()
+    for envelope in events:
+        publish_event(amqp_uri, envelope)
+    with ServiceRpcProxy("metrics", config, timeout=10) as rpc:
+        assert wait_until(lambda: rpc.event_count() == len(events))
+        before = rpc.kpis(*story.WINDOW, "town")
+        _, uow = metrics_db
+        with uow() as u:                        # facts lost, the log intact
+            u.session.execute(OrderFact.__table__.delete())
+            u.commit()
+        assert rpc.kpis(*story.WINDOW, "town") != before
+        assert rpc.rebuild() == {"events": len(events), "orders": 5, "appeals": 6}
+        assert rpc.kpis(*story.WINDOW, "town") == before
+
+
+def test_the_rebuild_command_refolds_the_facts(metrics_db, story):
+    from metrics import cli
+    db_url, uow = metrics_db
+    for envelope in story.week():
+        handlers.record_event(uow(), "metrics.test", envelope)
+    with uow() as u:
+        u.session.execute(AppealFact.__table__.delete())
+        u.commit()
+    with pytest.raises(SystemExit) as done:
+        cli.main(["rebuild", "--db-url", db_url])
+    assert done.value.code == 0
+    assert handlers.kpis(uow(), *story.WINDOW, "town")[-1]["appeals"] == 5

@@ -236,3 +236,87 @@ def test_no_snapshot_serves_no_domain_samples():
     samples = [line for line in generate_latest(registry).decode().splitlines()
                if not line.startswith("#")]
     assert samples == []
+
+
+def test_rebuild_replays_the_log_into_the_same_facts(metrics_db, story):
+    _, uow = metrics_db
+    events = story.week() + story.random_history(3)
+    record_all(uow, events)
+    orders, appeals = facts(uow, OrderFact, OrderFact.order_no), facts(uow, AppealFact, AppealFact.case_no)
+    before = {g: kpis(uow, story, g) for g in ("town", "unit", "category")}
+
+    # facts damaged (one lost, one wrong), and a fact with no event behind it
+    with uow() as u:
+        u.session.execute(OrderFact.__table__.delete().where(OrderFact.order_no == "O1"))
+        u.session.execute(AppealFact.__table__.update().where(AppealFact.case_no == "C2")
+                          .values(satisfaction="unsatisfied", channel="video"))
+        u.session.execute(OrderFact.__table__.insert().values(order_no="GHOST", updated_at=NOW))
+        u.commit()
+    assert kpis(uow, story, "town") != before["town"]
+
+    result = handlers.rebuild(uow(), batch_size=7)   # pages of keys smaller than the log
+    assert result == {"events": len(events), "orders": len(orders), "appeals": len(appeals)}
+    assert facts(uow, OrderFact, OrderFact.order_no) == orders
+    assert facts(uow, AppealFact, AppealFact.case_no) == appeals
+    assert {g: kpis(uow, story, g) for g in before} == before
+    assert handlers.rebuild(uow()) == result        # again: nothing changes
+
+
+def test_rebuild_fills_a_field_the_fold_learned_later(metrics_db, story):
+    """close_seconds came with migration 0002: facts folded before it have none until a rebuild."""
+    _, uow = metrics_db
+    record_all(uow, story.week())
+    with uow() as u:
+        u.session.execute(OrderFact.__table__.update().values(close_seconds=None))
+        u.commit()
+    handlers.rebuild(uow())
+    closed = {o["order_no"]: o["close_seconds"] for o in facts(uow, OrderFact, OrderFact.order_no)
+              if o["close_seconds"] is not None}
+    # O1 dispatched Mon 09:00, closed Tue 18:00; O2 dispatched Mon 10:00, closed Sat 11:00
+    assert closed == {"O1": 33 * 3600, "O2": (5 * 24 + 1) * 3600}
+
+
+def test_the_kpi_series_are_the_kpis_of_today_and_of_the_month(metrics_db, story):
+    _, uow = metrics_db
+    record_all(uow, story.week() + story.random_history(5))
+    now = datetime(2025, 3, 9, 15, 0, tzinfo=timezone.utc)   # Sunday 23:00 in Yicheng
+    snapshot = handlers.metrics_snapshot(uow(), now=now)
+    for period, start in (("today", "2025-03-09"), ("month", "2025-03-01")):
+        for key, group_by in (("kpi_by_town", "town"), ("kpi_by_unit", "unit")):
+            rows = handlers.kpis(uow(), start, "2025-03-09", group_by, now=now)[:-1]
+            expected = {(row["group"], measure): row[measure] for row in rows for measure in domain.COUNTS
+                        if row[measure]}
+            served = {(group, measure): n for (p, group, measure), n in snapshot[key]
+                      if p == period and n}
+            assert served == expected, (period, group_by)
+
+
+def test_unit_category_close_and_report_in_overdue_series(metrics_db, story):
+    _, uow = metrics_db
+    t, g = story.TANSHAN, story.GUSHAO
+    overdue = story.event("force_report_in_overdue", "C4", {
+        "operation_id": "OP1", "order_no": "O4", "town_code": g, "force_code": "dept-urban",
+        "report_in_due_at": story.at(9, 21).isoformat(), "marked_at": story.at(9, 21, 1).isoformat()},
+        story.at(9, 21, 1))
+    record_all(uow, story.week() + [overdue])
+    registry = CollectorRegistry()
+    collector = DomainCollector()
+    registry.register(collector)
+    collector.publish(handlers.metrics_snapshot(uow(), now=NOW))
+    lines = generate_latest(registry).decode().splitlines()
+    for line in [
+        f'wuji_appeals_by_category{{category="urban-rural",town="{t}"}} 2.0',
+        f'wuji_appeals_by_category{{category="unknown",town="{t}"}} 2.0',     # C5, C6 not dispatched
+        f'wuji_appeals_by_category{{category="labour-social-security",town="{g}"}} 1.0',
+        'wuji_unit_orders{status="closed",unit="town-370404001"} 2.0',
+        'wuji_unit_orders{status="returned",unit="town-370404100"} 1.0',
+        'wuji_unit_orders{status="resolved",unit="dept-hrss"} 1.0',
+        'wuji_unit_orders_overdue{stage="resolve",unit="town-370404100"} 1.0',
+        f'wuji_order_close_seconds_count{{town="{t}"}} 2.0',
+        f'wuji_order_close_seconds_sum{{town="{t}"}} {float((33 + 121) * 3600)}',
+        f'wuji_order_close_seconds_bucket{{le="172800.0",town="{t}"}} 1.0',
+        f'wuji_forces_report_in_overdue_total{{town="{g}"}} 1.0',
+    ]:
+        assert line in lines, line
+    # the month so far at NOW (June) saw nothing of March
+    assert not [line for line in lines if line.startswith("wuji_kpi_count{") and not line.endswith(" 0.0")]
