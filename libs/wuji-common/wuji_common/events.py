@@ -14,6 +14,7 @@ from marshmallow import Schema, fields, validate
 CHANNELS = ("wechat", "web", "hotline", "walk_in", "grid_patrol", "video")
 ORDER_STATUSES = ("dispatched", "accepted", "returned", "resolved", "reopened", "closed")
 SATISFACTION = ("satisfied", "basically_satisfied", "unsatisfied")
+RECEPTION_LEVELS = ("district", "town", "village")
 
 
 class Timestamp(fields.DateTime):
@@ -51,6 +52,10 @@ class AppealReceived(Schema):
     citizen_ref = fields.String(allow_none=True, load_default=None)
     received_at = Timestamp(required=True)
     attachments = fields.List(fields.String(), load_default=list)
+    # where the appeal was received (接访层级), when known: an appeal received at district level about a
+    # matter for the grid or the town is a cross-level petition (越级访)
+    reception_level = fields.String(allow_none=True, load_default=None,
+                                    validate=validate.OneOf(RECEPTION_LEVELS))
 
 
 class OrderEvent(Schema):
@@ -72,6 +77,8 @@ class OrderDispatched(OrderEvent):
     router_version = fields.String(required=True)
     confidence = fields.Float(allow_none=True, load_default=None)
     title = fields.String(required=True)
+    # units that handle the order jointly with the lead unit (协办, 吹哨报到); they are told too
+    co_handlers = fields.List(fields.String(), load_default=list)
 
 
 class OrderAccepted(OrderEvent):
@@ -238,6 +245,67 @@ class OperationsScheduled(Schema):
     moved = fields.Integer(required=True)
 
 
+class RepeatDetected(Schema):
+    """triage: the same person raised the same matter again within the repeat window (重复访); the
+    case is linked to the earlier one, whose unit is told. ``repeat_count`` counts this one too."""
+    earlier_case_no = fields.String(required=True)
+    earlier_order_no = fields.String(allow_none=True, load_default=None)
+    unit_code = fields.String(allow_none=True, load_default=None)  # the earlier case's unit
+    order_no = fields.String(allow_none=True, load_default=None)   # this case's order, if routed yet
+    town_code = fields.String(required=True)
+    category = fields.String(required=True)
+    item = fields.String(required=True)
+    repeat_count = fields.Integer(required=True)
+    similarity = fields.Float(allow_none=True, load_default=None)
+
+
+class HotspotDetected(Schema):
+    """triage: many people wrote about the same place and problem within a short window (热点); once
+    per cluster, when it reaches the thresholds. Dispatchers see the cluster (triage.hotspots)."""
+    hotspot_id = fields.String(required=True)
+    town_code = fields.String(required=True)
+    village_code = fields.String(allow_none=True, load_default=None)
+    category = fields.String(required=True)
+    item = fields.String(required=True)
+    title = fields.String(required=True)
+    appeals = fields.Integer(required=True)
+    people = fields.Integer(required=True)
+    case_nos = fields.List(fields.String(), required=True)
+    first_received_at = Timestamp(required=True)
+    window_hours = fields.Float(required=True)
+
+
+class CrossLevelPetitionDetected(Schema):
+    """triage: an appeal received at district level about a grid- or town-level matter never raised
+    below (越级访); it is routed back down and the lower level (``unit_code``) is told."""
+    order_no = fields.String(allow_none=True, load_default=None)
+    unit_code = fields.String(allow_none=True, load_default=None)
+    town_code = fields.String(required=True)
+    category = fields.String(required=True)
+    item = fields.String(required=True)
+    level = fields.String(required=True, validate=validate.OneOf(("grid", "town")))
+    reception_level = fields.String(required=True, validate=validate.OneOf(RECEPTION_LEVELS))
+    channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
+
+
+class RiskReason(Schema):
+    rule = fields.String(required=True)
+    name = fields.String(required=True)
+    keywords = fields.List(fields.String(), required=True)
+
+
+class UrgentAppealFlagged(Schema):
+    """triage: an appeal shows a threat to life or safety, a mass gathering, self-harm or escalation
+    (风险研判); the command centre is told at once. ``reasons`` say which rules and words."""
+    order_no = fields.String(allow_none=True, load_default=None)
+    unit_code = fields.String(allow_none=True, load_default=None)
+    town_code = fields.String(required=True)
+    category = fields.String(required=True)
+    item = fields.String(required=True)
+    urgency = fields.String(required=True, validate=validate.OneOf(("emergency", "urgent")))
+    reasons = fields.List(fields.Nested(RiskReason), required=True)
+
+
 CATALOGUE = {
     # event type: (source service, version, payload schema)
     "appeal_received": ("intake", 1, AppealReceived),
@@ -260,6 +328,10 @@ CATALOGUE = {
     "follow_up_inspection_recorded": ("enforcement", 1, FollowUpInspectionRecorded),
     "joint_enforcement_carried_out": ("enforcement", 1, JointEnforcementCarriedOut),
     "operations_scheduled": ("enforcement", 1, OperationsScheduled),
+    "repeat_detected": ("triage", 1, RepeatDetected),
+    "hotspot_detected": ("triage", 1, HotspotDetected),
+    "cross_level_petition_detected": ("triage", 1, CrossLevelPetitionDetected),
+    "urgent_appeal_flagged": ("triage", 1, UrgentAppealFlagged),
 }
 
 
