@@ -447,6 +447,7 @@ def test_the_alerts_cover_what_operators_must_hear_about():
     assert any("> 60" in r["expr"] for r in by_metric["wuji_outbox_oldest_age_seconds"])
     assert any('outcome="error"' in r["expr"] for r in by_metric["wuji_entrypoint_calls_total"])
     assert any("wuji_orders_overdue" in r["expr"] and "delta" in r["expr"] for r in by_metric["wuji_orders_overdue"])
+    assert any(">= 1" in r["expr"] for r in by_metric["wuji_workers_max"])
 
 
 def test_alert_rules_use_only_metrics_that_exist(defined_metrics):
@@ -464,8 +465,17 @@ def test_the_code_defines_the_shared_metrics(defined_metrics):
         "wuji_entrypoint_calls_total", "wuji_entrypoint_calls_created"}, "no service metric found"
 
 
-def dashboard():
-    return json.loads((DEPLOY / "grafana/dashboards/wuji-ops.json").read_text(encoding="utf-8"))
+DASHBOARD_UIDS = {"wuji-command", "wuji-department", "wuji-ops"}
+
+
+def dashboards():
+    """uid → dashboard, for every file Grafana is provisioned with."""
+    boards = {}
+    for path in sorted((DEPLOY / "grafana/dashboards").glob("*.json")):
+        board = json.loads(path.read_text(encoding="utf-8"))
+        assert path.stem == board["uid"], f"{path.name}: name the file after its uid"
+        boards[board["uid"]] = board
+    return boards
 
 
 def dashboard_queries(board):
@@ -479,35 +489,89 @@ def dashboard_queries(board):
         yield variable["name"], match.group(1)
 
 
-def test_the_dashboard_has_a_stable_identity_and_uses_the_provisioned_datasource():
-    board = dashboard()
-    assert board["uid"] == "wuji-ops"
-    ids = [panel["id"] for panel in board["panels"]]
-    assert len(ids) == len(set(ids))
-    for panel in board["panels"]:
-        grid = panel["gridPos"]
-        assert grid["x"] + grid["w"] <= 24
-        if panel["type"] != "row":
-            assert panel["datasource"]["uid"] == "wuji-prometheus"
-            assert panel["targets"]
+def test_the_dashboards_have_stable_identities_and_use_the_provisioned_datasource():
+    boards = dashboards()
+    assert set(boards) == DASHBOARD_UIDS
+    for uid, board in boards.items():
+        ids = [panel["id"] for panel in board["panels"]]
+        assert len(ids) == len(set(ids)), uid
+        for panel in board["panels"]:
+            grid = panel["gridPos"]
+            assert grid["x"] + grid["w"] <= 24, (uid, panel["title"])
+            if panel["type"] in ("row", "text"):
+                assert not panel.get("targets"), (uid, panel["title"])
+                continue
+            assert panel["datasource"]["uid"] == "wuji-prometheus", (uid, panel["title"])
+            assert panel["targets"], (uid, panel["title"])
             for target in panel["targets"]:
-                assert target["datasource"]["uid"] == "wuji-prometheus"
+                assert target["datasource"]["uid"] == "wuji-prometheus", (uid, panel["title"])
+        for variable in board["templating"]["list"]:
+            assert variable["datasource"]["uid"] == "wuji-prometheus"
 
 
-def test_dashboard_queries_use_only_metrics_that_exist(defined_metrics):
+@pytest.mark.parametrize("uid", sorted(DASHBOARD_UIDS))
+def test_dashboard_queries_use_only_metrics_that_exist(defined_metrics, uid):
     known = known_metric_names(defined_metrics)
-    used = set()
-    for title, expr in dashboard_queries(dashboard()):
+    for title, expr in dashboard_queries(dashboards()[uid]):
         names = promql_metric_names(expr)
         assert names, f"{title}: no metric in {expr!r}"
         assert not names - known, f"{title} uses undefined metrics {names - known}"
-        used |= names
-    # the ops dashboard shows every metric of wuji_common.metrics
+
+
+def used_metrics(board):
+    return set().union(*(promql_metric_names(expr) for _, expr in dashboard_queries(board)))
+
+
+def test_the_ops_dashboard_shows_every_shared_metric():
     shared = {"wuji_entrypoint_calls_total", "wuji_entrypoint_latency_seconds_bucket", "wuji_workers_busy",
-              "wuji_outbox_backlog", "wuji_outbox_oldest_age_seconds", "wuji_outbox_published_total",
-              "wuji_events_duplicates_dropped_total", "wuji_events_retried_total",
-              "wuji_events_dead_lettered_total"}
-    assert shared <= used
+              "wuji_workers_max", "wuji_outbox_backlog", "wuji_outbox_oldest_age_seconds",
+              "wuji_outbox_published_total", "wuji_events_duplicates_dropped_total",
+              "wuji_events_retried_total", "wuji_events_dead_lettered_total"}
+    board = dashboards()["wuji-ops"]
+    assert shared <= used_metrics(board)
+    assert {"rabbitmq_queue_messages", "rabbitmq_queue_messages_ready", "rabbitmq_queue_consumers"} \
+        <= used_metrics(board)
+    exprs = " ".join(expr for _, expr in dashboard_queries(board))
+    assert "by (service, kind)" in exprs            # calls and latency per entrypoint kind
+
+
+def test_the_command_centre_shows_intake_backlog_overdue_rates_and_hot_spots():
+    board = dashboards()["wuji-command"]
+    exprs = [expr for _, expr in dashboard_queries(board)]
+    joined = " ".join(exprs)
+    assert [v["name"] for v in board["templating"]["list"]] == ["town"]
+    assert board["time"]["from"] == "now/d"                      # today, in China time
+    assert board["timezone"] == "Asia/Shanghai"
+    assert 'period="today"' in joined and 'measure="appeals"' in joined          # today's intake
+    assert "wuji_appeals_received_total" in joined                               # ... by channel
+    assert any("wuji_orders{" in e and "by (town)" in e for e in exprs)          # backlog per town
+    assert any("wuji_orders{" in e and "by (status)" in e for e in exprs)        # ... per stage
+    assert "wuji_orders_overdue" in joined
+    for numerator, denominator in (("accepted_on_time", "due_for_acceptance"),   # 三率 (and rework)
+                                   ("resolved_on_time", "resolved"), ("satisfied", "rated")):
+        assert any(f'measure="{numerator}"' in e and f'measure="{denominator}"' in e and " / " in e
+                   for e in exprs), numerator
+    assert any("热点" in panel["title"] for panel in board["panels"])
+    assert "wuji_whistles_blown_total" in joined and "wuji_forces_report_in_overdue_total" in joined
+    # the metrics service's instances report the same numbers: never summed across instances
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            assert "max without (instance)" in target["expr"], target["expr"]
+
+
+def test_the_department_view_shows_one_units_orders_deadlines_and_ratings():
+    board = dashboards()["wuji-department"]
+    [unit] = board["templating"]["list"]
+    assert unit["name"] == "unit" and unit["query"]["query"] == "label_values(wuji_unit_orders, unit)"
+    assert unit["multi"] is False and unit["includeAll"] is False
+    exprs = [expr for title, expr in dashboard_queries(board) if title != "unit"]
+    for expr in exprs:
+        assert 'unit=~"$unit"' in expr, expr
+    used = used_metrics(board)
+    assert {"wuji_unit_orders", "wuji_unit_orders_overdue", "wuji_unit_kpi_count"} <= used
+    joined = " ".join(exprs)
+    assert 'stage="accept"' in joined and 'stage="resolve"' in joined             # deadlines
+    assert 'measure="satisfied"' in joined and 'measure="rated"' in joined        # ratings
 
 
 PROMTOOL = shutil.which("promtool")
