@@ -1,11 +1,16 @@
-"""notify's providers: its database (unit of work + outbox relay), the channels, the delivery
-policy."""
+"""notify's providers: its database (unit of work + outbox relay), the channels with their rate
+limiter, the delivery policy, the rules."""
+import json
+
 from nameko.extensions import DependencyProvider
 
 from notify import content
-from notify.channels import EmailChannel, WebhookChannel
+from notify.channels import (
+    EmailChannel, InboxChannel, RateLimiter, SmsChannel, WebhookChannel, WechatChannel,
+)
 from notify.handlers import Policy
 from notify.models import metadata
+from wuji_common.db import make_engine
 from wuji_common.dependencies import BoundedRpcProxy, Database, MetricsExporter  # noqa: F401
 
 
@@ -19,50 +24,77 @@ def _flag(value):
     return bool(value)
 
 
+def _mapping(value):
+    """A mapping from config.yml, or from the environment as JSON."""
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else {}
+    return dict(value or {})
+
+
 class Channels(DependencyProvider):
-    """``{"email": EmailChannel, "webhook": WebhookChannel}`` configured from SMTP_*, MAIL_FROM*
-    and WEBHOOK_TIMEOUT."""
+    """The channels, configured from config.yml: ``{"inbox", "wechat", "sms", "email", "webhook"}``
+    → channel, and the rate limiter (``RATE_LIMITS``: sends a second per provider and instance)."""
 
     def setup(self):
         c = self.container.config
+        self.inbox_engine = make_engine(c["DB_URL"])
         self.channels = {
+            "inbox": InboxChannel(self.inbox_engine),
+            "wechat": WechatChannel(
+                api_base=c.get("WECHAT_API_BASE"), appid=c.get("WECHAT_APPID"),
+                appsecret=c.get("WECHAT_APPSECRET"), template_ids=_mapping(c.get("WECHAT_TEMPLATE_IDS")),
+                link_url=c.get("PORTAL_URL", ""), timeout=c.get("WECHAT_TIMEOUT", 5)),
+            "sms": SmsChannel(
+                base_url=c.get("SMS_BASE_URL"), account=c.get("SMS_ACCOUNT"), secret=c.get("SMS_SECRET"),
+                sign_name=c.get("SMS_SIGN_NAME"), template_codes=_mapping(c.get("SMS_TEMPLATE_CODES")),
+                timeout=c.get("SMS_TIMEOUT", 5)),
             "email": EmailChannel(
                 host=c.get("SMTP_HOST", "127.0.0.1"), port=c.get("SMTP_PORT", 1025),
                 mail_from=c.get("MAIL_FROM", "notify@demo.wuji.local"),
                 from_name=c.get("MAIL_FROM_NAME") or "", user=c.get("SMTP_USER"),
                 password=c.get("SMTP_PASSWORD"), starttls=_flag(c.get("SMTP_STARTTLS", False)),
-                timeout=c.get("SMTP_TIMEOUT", 10)),
+                timeout=c.get("SMTP_TIMEOUT", 10), ca_file=c.get("SMTP_CA_FILE")),
             "webhook": WebhookChannel(timeout=c.get("WEBHOOK_TIMEOUT", 5)),
         }
+        self.limiter = RateLimiter(_mapping(c.get("RATE_LIMITS")))
+
+    def stop(self):
+        self.inbox_engine.dispose()
 
     def get_dependency(self, worker_ctx):
-        return self.channels
+        return self
 
 
 class DeliveryPolicy(DependencyProvider):
-    """Retry delays (DELIVERY_RETRY_DELAYS), claim lease (DELIVERY_CLAIM_SECONDS), PORTAL_URL."""
+    """Retries (DELIVERY_MAX_ATTEMPTS, DELIVERY_RETRY_BASE_SECONDS, DELIVERY_RETRY_CAP_SECONDS),
+    provider probes (PROVIDER_RETRY_BASE_SECONDS, PROVIDER_RETRY_CAP_SECONDS), claim lease
+    (DELIVERY_CLAIM_SECONDS), citizens' default quiet hours (QUIET_HOURS), PORTAL_URL."""
 
     def setup(self):
         c = self.container.config
-        defaults = Policy()
+        d = Policy()
         self.policy = Policy(
-            retry_delays=tuple(float(d) for d in c.get("DELIVERY_RETRY_DELAYS", defaults.retry_delays)),
-            claim_seconds=float(c.get("DELIVERY_CLAIM_SECONDS", defaults.claim_seconds)),
-            portal_url=c.get("PORTAL_URL", "http://127.0.0.1:8000"))
+            max_attempts=int(c.get("DELIVERY_MAX_ATTEMPTS", d.max_attempts)),
+            retry_base=float(c.get("DELIVERY_RETRY_BASE_SECONDS", d.retry_base)),
+            retry_cap=float(c.get("DELIVERY_RETRY_CAP_SECONDS", d.retry_cap)),
+            provider_base=float(c.get("PROVIDER_RETRY_BASE_SECONDS", d.provider_base)),
+            provider_cap=float(c.get("PROVIDER_RETRY_CAP_SECONDS", d.provider_cap)),
+            claim_seconds=float(c.get("DELIVERY_CLAIM_SECONDS", d.claim_seconds)),
+            portal_url=c.get("PORTAL_URL", "http://127.0.0.1:8000"),
+            default_quiet_hours=c.get("QUIET_HOURS") or "",
+            sms_param_limit=int(c.get("SMS_PARAM_MAX_CHARS", d.sms_param_limit)))
 
     def get_dependency(self, worker_ctx):
         return self.policy
 
 
 class NotificationRules(DependencyProvider):
-    """notify/data/rules.yml, read and checked at start: a mistake in it stops the service from
-    starting instead of failing on the first event."""
+    """notify/data/rules.yml and the templates, read and checked at start: a mistake in them stops
+    the service from starting instead of failing on the first event."""
 
     def setup(self):
         self.rules = content.rules()
+        content.check_templates(self.rules)
 
     def get_dependency(self, worker_ctx):
         return self.rules
-
-
-

@@ -1,13 +1,17 @@
 """notify service: entrypoints only. Each turns a message into a call of a plain handler.
 
-Events in (at-least-once; a duplicate event id is dropped, so each recipient is told once):
-    intake.appeal_received   → the citizen's receipt (受理回执)
-    triage.order_dispatched  → the unit's dispatch notice (派单通知)
-    triage.order_reopened    → the unit's rework notice (返工通知)
-    triage.order_resolved    → the citizen's result and invitation to rate (评价邀请)
-Who is told what is notify/data/rules.yml. Each delivery is reserved before it is sent and sent at
-least once toward the provider, carrying its delivery id for receivers to drop repeats.
-RPC: set_unit_contact, unit_contact, deliveries(case_no), failed(), replay(delivery_id).
+Events in (at-least-once; a duplicate event id is dropped, so each recipient is told once per
+channel): every event of the catalogue, for the rules (notify/data/rules.yml: who is told what, on
+which channels in order) and for webhook subscribers (who chose event types over RPC).
+Each delivery is reserved before it is sent; see notify.handlers for retries, fallbacks, provider
+outages and crashes.
+
+RPC:
+    set_unit_contact, unit_contact               a staff recipient's e-mail, duty phone, webhook
+    subscribe, unsubscribe, subscribers          webhook subscribers and their event types
+    set_preferences, preferences                 a citizen's first channel and quiet hours
+    inbox(unit_code, unread_only), mark_read     the in-platform inbox of a unit or grid worker
+    deliveries(case_no), failed(), replay(id), providers()   the log, the dead list, outages
 """
 import logging
 
@@ -20,12 +24,13 @@ from notify.dependencies import (
 )
 from wuji_common.entrypoints import config_timer, event_handler
 from wuji_common.errors import EXPECTED
+from wuji_common.events import CATALOGUE
 
 log = logging.getLogger(__name__)
 
 DELIVERIES = Counter("wuji_notify_deliveries_total",
-                     "Delivery attempts by channel and outcome (pending: a retry is scheduled)",
-                     ["channel", "status"])
+                     "Delivery attempts by channel and outcome (pending: a retry is scheduled or the "
+                     "provider is away)", ["channel", "status"])
 
 
 class NotifyService:
@@ -40,7 +45,7 @@ class NotifyService:
 
     def _outside(self):
         return handlers.Outside(citizen_contact=self.intake.contact_for_notification,
-                                channels=self.channels)
+                                channels=self.channels.channels, limiter=self.channels.limiter)
 
     def _count(self, done):
         for channel, status in done:
@@ -48,7 +53,8 @@ class NotifyService:
                 DELIVERIES.labels(channel, status).inc()
 
     def _notify(self, method_name, envelope):
-        ids = handlers.record_event(self.uow(), f"notify.{method_name}", envelope, self.rules)
+        ids = handlers.record_event(self.uow(), f"notify.{method_name}", envelope, self.rules,
+                                    handlers.available_channels(self.channels.channels), self.policy)
         for delivery_id in ids:
             self._deliver_now(delivery_id)
 
@@ -59,50 +65,76 @@ class NotifyService:
             # it is reserved: the sweep sends it later; the event itself must not be retried for it
             log.warning("delivery %s left for the sweep", delivery_id, exc_info=True)
             return
-        self._count([done] if done else [])
+        self._count(done)
 
-    # --- events ----------------------------------------------------------------------------------
-    @event_handler("intake", "appeal_received")
-    def on_appeal_received(self, envelope):
-        self._notify("on_appeal_received", envelope)
-
-    @event_handler("triage", "order_dispatched")
-    def on_order_dispatched(self, envelope):
-        self._notify("on_order_dispatched", envelope)
-
-    @event_handler("triage", "order_reopened")
-    def on_order_reopened(self, envelope):
-        self._notify("on_order_reopened", envelope)
-
-    @event_handler("triage", "order_resolved")
-    def on_order_resolved(self, envelope):
-        self._notify("on_order_resolved", envelope)
-
-    # --- retries and crash recovery ------------------------------------------------------------
+    # --- retries, provider queues and crash recovery ------------------------------------------------
     @config_timer("DELIVERY_SWEEP_SECONDS", 5, eager=True)
     def send_due(self):
-        """Due retries and deliveries left pending by a crash (also once at start)."""
+        """Due retries, queues of providers that came back, deliveries a crash left (also at start)."""
         self._count(handlers.send_due(self.uow(), self._outside(), self.policy))
 
-    # --- RPC -----------------------------------------------------------------------------------
-    @rpc(expected_exceptions=EXPECTED, sensitive_arguments=("webhook_secret",))
-    def set_unit_contact(self, unit_code, email=None, webhook_url=None, webhook_secret=None,
+    # --- RPC: staff directory -------------------------------------------------------------------------
+    @rpc(expected_exceptions=EXPECTED, sensitive_arguments=("webhook_secret", "phone"))
+    def set_unit_contact(self, unit_code, email=None, webhook_url=None, webhook_secret=None, phone=None,
                          idempotency_key=None):
-        """A unit sets its e-mail and webhook endpoint. An empty webhook_url removes the webhook;
-        a webhook without a secret gets one, returned once as ``webhook_secret``."""
+        """A unit sets its e-mail, duty phone and webhook endpoint. An empty webhook_url removes the
+        webhook; a webhook without a secret gets one, returned once as ``webhook_secret``."""
         return handlers.set_unit_contact(self.uow(), {
             "unit_code": unit_code, "email": email, "webhook_url": webhook_url,
-            "webhook_secret": webhook_secret}, idempotency_key)
+            "webhook_secret": webhook_secret, "phone": phone}, idempotency_key)
 
     @rpc(expected_exceptions=EXPECTED)
     def unit_contact(self, unit_code):
-        """A unit's contact points (the secret itself is never shown)."""
+        """A unit's contact points (secrets and phone never shown)."""
         return handlers.get_unit_contact(self.uow(), unit_code)
 
+    # --- RPC: webhook subscribers ---------------------------------------------------------------------
+    @rpc(expected_exceptions=EXPECTED, sensitive_arguments=("secret",))
+    def subscribe(self, event_types, url=None, name=None, unit_code=None, secret=None, subscriber_id=None,
+                  idempotency_key=None):
+        """Subscribe an endpoint to event types (optionally only one unit's); a new subscriber gets
+        its signing secret once, as ``secret``. With ``subscriber_id``: add event types to it."""
+        return handlers.subscribe(self.uow(), {
+            "event_types": event_types, "url": url, "name": name, "unit_code": unit_code,
+            "secret": secret, "subscriber_id": subscriber_id}, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def unsubscribe(self, subscriber_id, event_types=None):
+        """Drop event types; none given (or none left): drop the subscriber. Returns what is left."""
+        return handlers.unsubscribe(self.uow(), subscriber_id, event_types)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def subscribers(self):
+        return handlers.list_subscribers(self.uow())
+
+    # --- RPC: citizens' preferences -------------------------------------------------------------------
+    @rpc(expected_exceptions=EXPECTED)
+    def set_preferences(self, case_no, channel=None, quiet_hours=None, idempotency_key=None):
+        """The channel the citizen of ``case_no`` wants first, and quiet hours such as "22:00-07:00"
+        (China time) during which non-urgent news waits; for all of the citizen's appeals."""
+        return handlers.set_preferences(self.uow(), {
+            "case_no": case_no, "channel": channel, "quiet_hours": quiet_hours}, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def preferences(self, case_no):
+        return handlers.get_preferences(self.uow(), case_no)
+
+    # --- RPC: inbox -----------------------------------------------------------------------------------
+    @rpc(expected_exceptions=EXPECTED)
+    def inbox(self, unit_code, unread_only=False, limit=100):
+        """The in-platform inbox of a unit or grid worker, newest first."""
+        return handlers.inbox(self.uow(), unit_code, unread_only, limit)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def mark_read(self, unit_code, message_ids=None):
+        """Mark messages read (all unread if no ids); returns how many changed."""
+        return handlers.mark_read(self.uow(), unit_code, message_ids)
+
+    # --- RPC: the log, the dead list, outages ---------------------------------------------------------
     @rpc(expected_exceptions=EXPECTED)
     def deliveries(self, case_no):
-        """The delivery log of a case: who was told what, when, over which channel (no message
-        bodies, no personal data)."""
+        """The delivery log of a case: who was told what, when, over which channel, every attempt
+        (no message bodies, no personal data)."""
         return handlers.deliveries_for_case(self.uow(), case_no)
 
     @rpc(expected_exceptions=EXPECTED)
@@ -112,7 +144,28 @@ class NotifyService:
 
     @rpc(expected_exceptions=EXPECTED)
     def replay(self, delivery_id, idempotency_key=None):
-        """Try a failed or skipped delivery again now, with a fresh set of attempts."""
+        """Try a failed or skipped delivery again now, with a fresh set of retries."""
         handlers.replay(self.uow(), delivery_id, idempotency_key)
         self._deliver_now(delivery_id)
         return handlers.get_delivery(self.uow(), delivery_id)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def providers(self):
+        """Providers that are away, and how many deliveries wait for each."""
+        return handlers.providers(self.uow())
+
+
+def _listener(source, event_type):
+    method_name = f"on_{event_type}"
+
+    def handle(self, envelope):
+        self._notify(method_name, envelope)
+    handle.__name__ = handle.__qualname__ = method_name
+    handle.__doc__ = f"{source}.{event_type}: the rules' notices and the subscribers' webhooks."
+    return event_handler(source, event_type)(handle)
+
+
+# one handler per event of the catalogue (queue evt-<source>-<type>--notify.on_<type>): rules and
+# subscribers may name any of them
+for _event_type, (_source, _version, _schema) in CATALOGUE.items():
+    setattr(NotifyService, f"on_{_event_type}", _listener(_source, _event_type))

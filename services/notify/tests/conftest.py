@@ -1,26 +1,26 @@
-"""Real local receivers for notify's tests: an SMTP server (aiosmtpd, in a child process so that its
-asyncio loop stays out of eventlet's way) that keeps what it receives in a Maildir, and an HTTP
-endpoint that checks webhook signatures on its own (not with notify's code)."""
-import hashlib
-import hmac
-import http.server
+"""Real local servers for notify's tests: SMTP servers (aiosmtpd, in child processes so that their
+asyncio loops stay out of eventlet's way) keeping what they receive in a Maildir — one plain, one
+that requires STARTTLS and AUTH with a throwaway certificate made here — and HTTP servers standing
+in for the SMS gateway, the WeChat API and webhook subscribers (tests/servers/providers.py), each
+checking what it receives with code of its own."""
+import datetime
+import ipaddress
 import mailbox
 import socket
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
+from pathlib import Path
 
 import pytest
 
+from .servers.providers import SmsGateway, WebhookSubscriber, WechatApi
+from wuji_common.testing_helpers import free_port
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SERVERS = Path(__file__).parent / "servers"
+SMTP_USER, SMTP_PASSWORD = "notify", "mail-password-for-tests"
 
 
 def wait_until(predicate, timeout=20.0, interval=0.05, what="condition"):
@@ -44,20 +44,26 @@ def accepting(port):
 
 
 class SmtpSink:
-    """aiosmtpd's Mailbox handler on a free local port."""
+    """An SMTP server on a free local port keeping mail in a Maildir: plain (``python -m aiosmtpd``)
+    or, given ``tls``, one that requires STARTTLS and AUTH (servers/smtp_server.py)."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, tls=None):
         self.port = free_port()
         self.directory = directory
+        self.tls = tls
         self.proc = None
 
     def start(self):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.port}",
-             "-c", "aiosmtpd.handlers.Mailbox", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.tls:
+            args = [str(SERVERS / "smtp_server.py"), str(self.port), str(self.directory),
+                    str(self.tls["cert"]), str(self.tls["key"]), SMTP_USER, SMTP_PASSWORD]
+        else:
+            args = ["-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.port}", "-c", "aiosmtpd.handlers.Mailbox",
+                    str(self.directory)]
+        self.proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         wait_until(lambda: self.proc.poll() is not None or accepting(self.port), 20, 0.1, "SMTP server")
-        assert self.proc.poll() is None, "aiosmtpd did not start (pip install -e 'services/notify[test]')"
+        assert self.proc.poll() is None, "SMTP server did not start (pip install -e 'services/notify[test]')"
         return self
 
     def stop(self):
@@ -66,6 +72,8 @@ class SmtpSink:
             self.proc.wait(timeout=10)
 
     def messages(self):
+        if not Path(self.directory).exists():
+            return []
         box = mailbox.Maildir(str(self.directory), create=False)
         parser = BytesParser(policy=policy.default)
         return [parser.parsebytes(box.get_bytes(key)) for key in box.keys()]
@@ -75,6 +83,33 @@ class SmtpSink:
         wanted = {k.replace("_", "-"): v for k, v in headers.items()}
         return [m for m in self.messages()
                 if all(v in str(m.get(k, "")) for k, v in wanted.items())]
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A throwaway self-signed certificate for 127.0.0.1 (the test CA is the certificate itself)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                       serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return {"cert": folder / "cert.pem", "key": folder / "key.pem"}
 
 
 @pytest.fixture
@@ -90,73 +125,24 @@ def smtp_sink(tmp_path_factory):
     sink.stop()
 
 
-@dataclass
-class Received:
-    path: str
-    headers: dict
-    body: bytes
-    signature_ok: bool
-
-
-class WebhookReceiver:
-    """A department's endpoint: checks the signature with the secret it was given, records every
-    request and answers with ``status`` (changeable while it runs)."""
-
-    def __init__(self, port=None, secret=None, status=200):
-        self.port = port or free_port()
-        self.secret = secret
-        self.status = status
-        self.requests = []
-        self.server = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}/wuji/notices"
-
-    def signature_ok(self, headers, body):
-        if not self.secret:
-            return False
-        signed = headers.get("X-Wuji-Timestamp", "").encode("ascii") + b"." + body
-        expected = "sha256=" + hmac.new(self.secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected, headers.get("X-Wuji-Signature", ""))
-
-    def start(self):
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                headers = dict(self.headers.items())
-                receiver.requests.append(
-                    Received(self.path, headers, body, receiver.signature_ok(headers, body)))
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        return self
-
-    def stop(self):
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+@pytest.fixture(scope="session")
+def secure_smtp(tmp_path_factory, tls_files):
+    """An SMTP server that refuses mail before STARTTLS and AUTH (user SMTP_USER)."""
+    sink = SmtpSink(tmp_path_factory.mktemp("maildir-tls") / "inbox", tls=tls_files).start()
+    yield sink
+    sink.stop()
 
 
 @pytest.fixture
-def webhook_receiver():
-    receivers = []
+def servers():
+    """Make local provider servers (started by the test); all stopped at the end."""
+    made = []
 
-    def make(**kwargs):
-        receiver = WebhookReceiver(**kwargs)
-        receivers.append(receiver)
-        return receiver
+    def make(kind, **kwargs):
+        server = {"sms": SmsGateway, "wechat": WechatApi, "webhook": WebhookSubscriber}[kind](**kwargs)
+        made.append(server)
+        return server
 
     yield make
-    for receiver in receivers:
-        receiver.stop()
+    for server in made:
+        server.stop()

@@ -1,76 +1,243 @@
-"""The two channels against real local receivers: what goes on the wire and how failures are sorted
-into 'try again' and 'give up'."""
+"""The channels against real local servers (SMTP with STARTTLS and AUTH, the SMS gateway, the WeChat
+API, a webhook subscriber, the inbox's database): what goes on the wire, what each server checks, and
+how failures are sorted into "the provider is away", "try this message later" and "give up"."""
 import json
 
 import pytest
+from sqlalchemy import create_engine, select
 
-from notify.channels import EmailChannel, WebhookChannel
-from notify.domain import Address, Outgoing, PermanentError, Rendered, TransientError
+from notify import content, domain
+from notify.channels import (
+    EmailChannel, InboxChannel, RateLimiter, SmsChannel, WebhookChannel, WechatChannel,
+)
+from notify.domain import (
+    Address, NotConfigured, Outgoing, PermanentError, ProviderDown, Rendered, TransientError,
+)
+from notify.models import InboxMessage, metadata
+
+from ..conftest import SMTP_PASSWORD, SMTP_USER
+
+DELIVERY = "5f0c7a52-0000-4000-8000-000000000001"
+VALUES = domain.template_values({"case_no": "YC20261125000001", "title": "小区门口的路灯已经坏了一个多星期了一直没人来修",
+                                 "received_at": "2026-11-25T02:00:00+00:00", "salutation": "您好：",
+                                 "portal_url": "http://p"})
 
 
-def outgoing(to, secret=None):
-    return Outgoing(
-        delivery_id="5f0c7a52-0000-4000-8000-000000000001", event_id="e-1", event_type="appeal_received",
-        case_no="YC20261125000001", recipient="citizen", address=Address(to=to, secret=secret),
-        message=Rendered("【受理回执】您的诉求已受理", "正文：路灯 <坏了>", "<p>正文：路灯 &lt;坏了&gt;</p>"),
-        data={"title": "路灯"})
+def outgoing(to, secret=None, channel="email", template="citizen/appeal_received"):
+    message = domain.render(content.templates(template), VALUES, channel) if channel in ("sms", "wechat") \
+        else Rendered("【受理回执】您的诉求已受理", "正文：路灯 <坏了>", "<p>正文：路灯 &lt;坏了&gt;</p>")
+    return Outgoing(delivery_id=DELIVERY, event_id="e-1", event_type="appeal_received",
+                    case_no="YC20261125000001", recipient="citizen", address=Address(to=to, secret=secret),
+                    message=message, data={"title": "路灯"}, template=template,
+                    occurred_at="2026-11-25T02:00:00+00:00")
 
 
-def email_channel(port):
-    return EmailChannel("127.0.0.1", port, "notify@demo.wuji.local", "峄城区社会治理服务中心", timeout=5)
+# --- e-mail -------------------------------------------------------------------------------------------
+
+def secure_email(port, tls_files, password=SMTP_PASSWORD, starttls=True):
+    return EmailChannel("127.0.0.1", port, "notify@demo.wuji.local", "峄城区社会治理服务中心", user=SMTP_USER,
+                        password=password, starttls=starttls, timeout=5, ca_file=str(tls_files["cert"]))
 
 
 def test_email_has_text_and_html_and_a_message_id_from_the_delivery():
-    msg = email_channel(1025).compose(outgoing("zs@example.com"))
-    assert msg["Message-ID"] == "<5f0c7a52-0000-4000-8000-000000000001@demo.wuji.local>"
-    assert msg["X-Wuji-Delivery"] == "5f0c7a52-0000-4000-8000-000000000001"
-    assert msg["Subject"] == "【受理回执】您的诉求已受理"
-    assert msg["To"] == "zs@example.com"
-    assert "notify@demo.wuji.local" in msg["From"]
+    msg = EmailChannel("127.0.0.1", 1025, "notify@demo.wuji.local", "峄城区社会治理服务中心").compose(
+        outgoing("zs@example.com"))
+    assert msg["Message-ID"] == f"<{DELIVERY}@demo.wuji.local>"
+    assert (msg["X-Wuji-Delivery"], msg["To"]) == (DELIVERY, "zs@example.com")
     assert msg.get_body(("plain",)).get_content().strip() == "正文：路灯 <坏了>"
     assert msg.get_body(("html",)).get_content().strip() == "<p>正文：路灯 &lt;坏了&gt;</p>"
 
 
-def test_email_reaches_a_real_smtp_server(smtp_sink):
-    email_channel(smtp_sink.port).send(outgoing("zs@example.com"))
-    [msg] = smtp_sink.received(X_Wuji_Delivery="5f0c7a52-0000-4000-8000-000000000001")
-    assert msg["Subject"] == "【受理回执】您的诉求已受理"
-    assert msg["X-RcptTo"] == "zs@example.com"
+def test_email_goes_over_starttls_with_auth(secure_smtp, tls_files):
+    secure_email(secure_smtp.port, tls_files).send(outgoing("zs@example.com"))
+    [msg] = secure_smtp.received(X_Wuji_Delivery=DELIVERY)
+    assert msg["Subject"] == "【受理回执】您的诉求已受理" and msg["X-RcptTo"] == "zs@example.com"
+    assert msg.get_body(("html",)) is not None
 
 
-def test_email_server_away_is_transient(unused_port):
-    with pytest.raises(TransientError, match="ConnectionRefusedError"):
-        email_channel(unused_port).send(outgoing("zs@example.com"))
+def test_email_with_a_wrong_password_holds_the_queue(secure_smtp, tls_files):
+    with pytest.raises(ProviderDown):  # 535, then the server hangs up on the next mechanism
+        secure_email(secure_smtp.port, tls_files, password="wrong").send(outgoing("zs@example.com"))
 
 
-def test_webhook_is_signed_and_carries_the_delivery_id(webhook_receiver):
-    receiver = webhook_receiver(secret="k" * 64).start()
-    channel = WebhookChannel(timeout=5, clock=lambda: 1764036000.7)
-    channel.send(outgoing(receiver.url, secret="k" * 64))
-    [request] = receiver.requests
-    assert request.signature_ok
-    assert request.headers["X-Wuji-Timestamp"] == "1764036000"
-    assert request.headers["X-Wuji-Delivery"] == "5f0c7a52-0000-4000-8000-000000000001"
-    assert request.headers["Content-Type"] == "application/json; charset=utf-8"
-    assert json.loads(request.body.decode("utf-8"))["subject"] == "【受理回执】您的诉求已受理"
+def test_email_without_starttls_is_refused_by_the_server(secure_smtp, tls_files):
+    with pytest.raises(ProviderDown):
+        secure_email(secure_smtp.port, tls_files, starttls=False).send(outgoing("zs@example.com"))
 
 
-def test_webhook_signed_with_another_secret_does_not_verify(webhook_receiver):
-    receiver = webhook_receiver(secret="k" * 64).start()
-    WebhookChannel(timeout=5).send(outgoing(receiver.url, secret="x" * 64))
-    assert not receiver.requests[0].signature_ok
+def test_email_server_with_a_certificate_we_do_not_trust(secure_smtp):
+    channel = EmailChannel("127.0.0.1", secure_smtp.port, "notify@demo.wuji.local", user=SMTP_USER,
+                           password=SMTP_PASSWORD, starttls=True, timeout=5)
+    with pytest.raises(ProviderDown, match="SSLCertVerificationError"):
+        channel.send(outgoing("zs@example.com"))
 
 
-@pytest.mark.parametrize("status, error", [
-    (503, TransientError), (429, TransientError), (408, TransientError),
-    (404, PermanentError), (400, PermanentError), (302, PermanentError),
+def test_email_to_a_plain_server_and_server_away(smtp_sink, unused_port):
+    EmailChannel("127.0.0.1", smtp_sink.port, "notify@demo.wuji.local", timeout=5).send(outgoing("a@b.test"))
+    assert smtp_sink.received(X_Wuji_Delivery=DELIVERY)
+    with pytest.raises(ProviderDown, match="ConnectionRefusedError"):
+        EmailChannel("127.0.0.1", unused_port, "notify@demo.wuji.local", timeout=5).send(outgoing("a@b.test"))
+
+
+# --- SMS ----------------------------------------------------------------------------------------------
+
+def sms_channel(gateway, codes=None):
+    return SmsChannel(gateway.base_url, gateway.account, gateway.secret, gateway.sign_name,
+                      codes if codes is not None else {"citizen/appeal_received": "SMS_0001"}, timeout=5)
+
+
+def test_sms_is_signed_and_carries_the_template_code_and_parameters(servers):
+    gateway = servers("sms").start()
+    sms_channel(gateway).send(outgoing("13812345678", channel="sms"))
+    [request] = gateway.requests
+    assert request.ok  # account, signature and fields checked by the gateway
+    sent = request.json()
+    assert (sent["PhoneNumbers"], sent["TemplateCode"], sent["OutId"]) == ("13812345678", "SMS_0001", DELIVERY)
+    params = json.loads(sent["TemplateParam"])
+    assert params == {"title": "小区门口的路灯已经坏了一个多星期了一直没人来修", "case_no": "YC20261125000001"}
+
+
+def test_sms_signed_with_another_secret_is_refused_and_holds_the_queue(servers):
+    gateway = servers("sms").start()
+    channel = SmsChannel(gateway.base_url, gateway.account, "x" * 40, gateway.sign_name,
+                         {"citizen/appeal_received": "SMS_0001"})
+    with pytest.raises(ProviderDown, match="HTTP 401"):
+        channel.send(outgoing("13812345678", channel="sms"))
+    assert not gateway.requests[0].ok
+
+
+@pytest.mark.parametrize("code, error", [
+    ("isv.MOBILE_NUMBER_ILLEGAL", PermanentError), ("isv.BUSINESS_LIMIT_CONTROL", TransientError),
+    ("isp.SYSTEM_ERROR", ProviderDown), ("isv.AMOUNT_NOT_ENOUGH", ProviderDown),
 ])
-def test_webhook_answers_sorted_into_retry_or_give_up(webhook_receiver, status, error):
-    receiver = webhook_receiver(secret="k" * 64, status=status).start()
+def test_sms_answers_sorted(servers, code, error):
+    gateway = servers("sms", code=code).start()
+    with pytest.raises(error, match=code) as raised:
+        sms_channel(gateway).send(outgoing("13812345678", channel="sms"))
+    assert type(raised.value) is error
+
+
+def test_sms_without_template_code_and_gateway_away(servers, unused_port):
+    gateway = servers("sms").start()
+    with pytest.raises(NotConfigured):
+        sms_channel(gateway, codes={}).send(outgoing("13812345678", channel="sms"))
+    gateway.stop()
+    with pytest.raises(ProviderDown, match="ConnectionError"):
+        sms_channel(gateway).send(outgoing("13812345678", channel="sms"))
+
+
+# --- WeChat -------------------------------------------------------------------------------------------
+
+KEYWORDS = ["thing1", "character_string2", "time3", "phrase4"]
+
+
+def wechat_channel(api, clock=None):
+    kwargs = {"clock": clock} if clock else {}
+    return WechatChannel(api.base_url, api.appid, api.appsecret, {"citizen/appeal_received": "TPL-RECEIPT"},
+                         link_url="http://portal.test", timeout=5, **kwargs)
+
+
+def test_wechat_template_message_with_a_cached_token(servers):
+    api = servers("wechat", templates={"TPL-RECEIPT": KEYWORDS}).start()
+    channel = wechat_channel(api)
+    channel.send(outgoing("oAbCdEfGhIjKlMn", channel="wechat"))
+    channel.send(outgoing("oAbCdEfGhIjKlMn", channel="wechat"))
+    assert api.tokens_issued == 1
+    [first, second] = api.sent()
+    assert first["touser"] == "oAbCdEfGhIjKlMn" and first["template_id"] == "TPL-RECEIPT"
+    assert first["data"]["character_string2"] == {"value": "YC20261125000001"}
+    assert first["data"]["thing1"]["value"] == "小区门口的路灯已经坏了一个多星期了没…"  # 20 characters
+    assert first["data"]["time3"] == {"value": "2026年11月25日 10:00"}
+    assert first["url"] == "http://portal.test"
+
+
+def test_wechat_refreshes_a_token_the_api_refused(servers):
+    api = servers("wechat", templates={"TPL-RECEIPT": KEYWORDS}).start()
+    channel = wechat_channel(api)
+    channel.send(outgoing("oAbCdEfGhIjKlMn", channel="wechat"))
+    api.expire_token()  # 40001 for the cached one
+    channel.send(outgoing("oAbCdEfGhIjKlMn", channel="wechat"))
+    assert api.tokens_issued == 2 and len(api.sent()) == 2
+
+
+def test_wechat_fetches_a_new_token_before_the_old_one_expires(servers):
+    api = servers("wechat", templates={"TPL-RECEIPT": KEYWORDS}).start()
+    now = [1000.0]
+    channel = wechat_channel(api, clock=lambda: now[0])
+    channel.send(outgoing("oAbCdEfGhIjKlMn", channel="wechat"))
+    now[0] += 7200 - 299  # within the margin of expires_in
+    channel.send(outgoing("oAbCdEfGhIjKlMn", channel="wechat"))
+    assert api.tokens_issued == 2
+
+
+@pytest.mark.parametrize("errcode, error", [(43004, PermanentError), (-1, ProviderDown), (45009, ProviderDown),
+                                            (99999, TransientError)])
+def test_wechat_answers_sorted(servers, errcode, error):
+    api = servers("wechat", templates={"TPL-RECEIPT": KEYWORDS}).start()
+    api.errcode = errcode
+    with pytest.raises(error, match=str(errcode)) as raised:
+        wechat_channel(api).send(outgoing("oAbCdEfGhIjKlMn", channel="wechat"))
+    assert type(raised.value) is error
+
+
+def test_wechat_with_a_wrong_secret_holds_the_queue(servers):
+    api = servers("wechat", templates={"TPL-RECEIPT": KEYWORDS}).start()
+    channel = WechatChannel(api.base_url, api.appid, "wrong", {"citizen/appeal_received": "TPL-RECEIPT"})
+    with pytest.raises(ProviderDown, match="token errcode 40125"):
+        channel.send(outgoing("oAbCdEfGhIjKlMn", channel="wechat"))
+
+
+# --- webhooks -----------------------------------------------------------------------------------------
+
+def test_webhook_is_signed_with_a_timestamp_and_carries_the_delivery_id(servers):
+    hook = servers("webhook", secret="k" * 64).start()
+    WebhookChannel(timeout=5).send(outgoing(hook.url, secret="k" * 64))
+    [request] = hook.requests
+    assert request.ok and request.headers["X-Wuji-Delivery"] == DELIVERY
+    body = request.json()
+    assert (body["type"], body["subject"], body["occurred_at"]) == \
+        ("appeal_received", "【受理回执】您的诉求已受理", "2026-11-25T02:00:00+00:00")
+
+
+def test_webhook_outside_the_replay_window_or_with_another_secret_does_not_verify(servers):
+    hook = servers("webhook", secret="k" * 64).start()
+    with pytest.raises(PermanentError, match="HTTP 401"):  # a capture replayed long after
+        WebhookChannel(timeout=5, clock=lambda: 1_000_000).send(outgoing(hook.url, secret="k" * 64))
+    with pytest.raises(PermanentError, match="HTTP 401"):
+        WebhookChannel(timeout=5).send(outgoing(hook.url, secret="x" * 64))
+    assert [r.ok for r in hook.requests] == [False, False]
+
+
+@pytest.mark.parametrize("status, error", [(503, ProviderDown), (429, ProviderDown), (404, PermanentError),
+                                           (302, PermanentError)])
+def test_webhook_answers_sorted(servers, status, error):
+    hook = servers("webhook", secret="k" * 64, status=status).start()
     with pytest.raises(error, match=f"HTTP {status}"):
-        WebhookChannel(timeout=5).send(outgoing(receiver.url, secret="k" * 64))
+        WebhookChannel(timeout=5).send(outgoing(hook.url, secret="k" * 64))
 
 
-def test_webhook_endpoint_away_is_transient(unused_port):
-    with pytest.raises(TransientError, match="ConnectionError"):
-        WebhookChannel(timeout=5).send(outgoing(f"http://127.0.0.1:{unused_port}/x", secret="k"))
+# --- inbox and rate limits ----------------------------------------------------------------------------
+
+def test_inbox_keeps_one_message_per_delivery(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'inbox.db'}")
+    metadata.create_all(engine)
+    channel = InboxChannel(engine)
+    channel.send(outgoing("dept-housing"))
+    channel.send(outgoing("dept-housing"))  # a resend after a crash
+    with engine.connect() as conn:
+        [row] = conn.execute(select(InboxMessage)).all()
+    assert (row.id, row.owner_code, row.subject) == (DELIVERY, "dept-housing", "【受理回执】您的诉求已受理")
+
+
+def test_rate_limiter_spaces_sends_per_provider_after_a_burst():
+    now, slept = [0.0], []
+
+    def sleep(seconds):
+        slept.append(round(seconds, 3))
+        now[0] += seconds
+    limiter = RateLimiter({"sms": 2}, clock=lambda: now[0], sleep=sleep)
+    waits = [limiter.acquire("sms", "sms") for _ in range(5)]
+    assert waits == [0, 0, 0.5, 0.5, 0.5]  # a burst of 2, then one every half second
+    assert limiter.acquire("webhook:unit:a", "webhook") == 0  # no limit set for webhooks here
+    now[0] += 10
+    assert limiter.acquire("sms", "sms") == 0  # a quiet spell refills the burst
