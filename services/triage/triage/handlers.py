@@ -11,24 +11,30 @@
   a unique key) and the use case runs again on fresh data, where it either succeeds or fails with a
   typed error (e.g. InvalidTransition).
 """
-from datetime import datetime
+import csv
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from functools import wraps
 from uuid import uuid4
 
 from marshmallow import ValidationError as SchemaError
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from triage import domain
 from triage.domain import aware
-from triage.models import Appeal, Division, ProgressNote, Unit, WorkOrder
+from triage.models import (
+    Appeal, DispatcherDecision, Division, Hotspot, HotspotMember, ProgressNote, Unit, WorkOrder,
+)
 from triage.schemas import (
-    MAX_ORDERS, FindOrdersSchema, OrderActionSchema, OrderSchema, OrderSummarySchema, ProgressSchema,
-    ResolveOrderSchema, ReturnOrderSchema,
+    MAX_ORDERS, FindOrdersSchema, HotspotQuerySchema, HotspotSchema, OrderActionSchema, OrderSchema,
+    OrderSummarySchema, ProgressSchema, ResolveOrderSchema, ReturnOrderSchema, ReviewItemSchema,
+    RouteManuallySchema,
 )
 from wuji_common.errors import InvalidTransition, NotFound, NotYourOrder, ValidationError
-from wuji_common.events import CATALOGUE
+from wuji_common.events import CATALOGUE, CHINA_TIME
 from wuji_common.privacy import redact_text
 
 CONFLICT_ATTEMPTS = 3
@@ -66,14 +72,33 @@ def iso(value):
 # --- appeals in -------------------------------------------------------------------------------
 
 @retry_on_conflict
-def dispatch_appeal(uow, router, consumer, envelope, now=None):
-    """``appeal_received`` → one work order routed to a unit, and ``order_dispatched``.
+def dispatch_appeal(uow, router, consumer, envelope, now=None, index=None):
+    """``appeal_received`` → one work order, and what the appeal shows:
+
+    - routed to a unit (``order_dispatched``, with co-handlers), or held for a dispatcher when the
+      router is unsure (status ``pending_review``, no event until a dispatcher routes it);
+    - urgent (``urgent_appeal_flagged``, with the rules and words that made it so);
+    - a repeat by the same person (``repeat_detected``; routed to the earlier case's unit);
+    - a cross-level petition (``cross_level_petition_detected``; routed down to the lower level);
+    - one more appeal of a hot spot (``hotspot_detected`` once, when the cluster reaches its size);
+    - joint enforcement needed at once (``enforcement_requested``).
+    All in one transaction with the order. ``index`` (optional: an AppealIndex) answers the
+    near-duplicate questions; without it there is no hot-spot detection.
 
     Returns a summary of the new order, or None when there is nothing to do: the same event delivered
     again, or an appeal that already has its order."""
     case_no = envelope["case_no"]
     data = load(payload_schemas["appeal_received"], envelope["data"], "appeal_received payload invalid")
-    assessment = router.assess(data["title"], data["content"])  # CPU only: before the transaction
+    title, content = data["title"], data["content"]
+    received_at = aware(_timestamp(data["received_at"])).astimezone(timezone.utc)
+    detection = router.taxonomy.detection
+    # CPU only, before the transaction: classification and the near-duplicate look-up
+    assessment = router.assess(title, content)
+    signature = index.signature(title, content) if index is not None else None
+    neighbours = index.neighbours(
+        signature, data["town_code"], received_at - timedelta(hours=detection.hotspot_window_hours),
+        detection.hotspot_min_similarity, exclude=case_no) if index is not None else []
+    now = now or domain.utcnow()
     with uow:
         if not uow.first_delivery(consumer, envelope["event_id"]):
             return None
@@ -83,21 +108,50 @@ def dispatch_appeal(uow, router, consumer, envelope, now=None):
             return None
         town_code, village_code = _location(s, data["town_code"], data["village_code"])
         # no order yet, so no appeal row yet either (a racing duplicate clashes on the key and retries)
-        appeal = Appeal(case_no=case_no, channel=data["channel"], title=data["title"],
-                        content=data["content"], town_code=town_code, village_code=village_code,
-                        citizen_ref=data["citizen_ref"],
-                        received_at=_timestamp(data["received_at"]))
+        appeal = Appeal(case_no=case_no, channel=data["channel"], title=title, content=content,
+                        town_code=town_code, village_code=village_code, citizen_ref=data["citizen_ref"],
+                        received_at=received_at, stored_at=now,
+                        reception_level=detection.reception_level(data["channel"], data["reception_level"]),
+                        urgency=assessment.urgency, cross_level=False,
+                        risk_reasons=json.dumps(_reasons(assessment.flags), ensure_ascii=False))
         s.add(appeal)
-        routing = router.route(assessment, town_code, village_code, _unit_lookup(s))
-        order = _open_order(uow, appeal, routing, now or domain.utcnow())
+        units = _unit_lookup(s)
+        repeat = _repeat_of(s, router, index, appeal, assessment.item, signature)
+        if repeat is not None and repeat.order is not None and repeat.order.status != "pending_review":
+            # the same matter again: the unit that has it handles it again
+            item = router.taxonomy.items.get(repeat.order.item, assessment.item)
+            unit = units([repeat.order.unit_code]).get(repeat.order.unit_code)
+            routing = router.route_to(assessment, item, unit, units, basis="repeat") if unit else None
+        else:
+            routing = None
+        held = routing is None and assessment.review is not None
+        if routing is None:
+            routing = router.hold(assessment, units) if held else \
+                router.route(assessment, town_code, village_code, units)
+        order = _open_order(uow, appeal, routing, now, review_reason=assessment.review if held else None,
+                            label=assessment.label)
+        if assessment.flags:
+            _flag_urgent(uow, appeal, order, routing, assessment, held)
+        if repeat is not None:
+            _link_repeat(uow, appeal, order, routing, repeat, held)
+        _check_cross_level(uow, router, index, appeal, order, routing, signature, held)
+        if neighbours:
+            _cluster(uow, router.taxonomy, appeal, routing.item, neighbours, now)
         uow.commit()
-        return {"order_no": order.order_no, "level": order.level, "unit_code": order.unit_code,
-                "routing_basis": order.routing_basis, "policy": order.policy}
+    if index is not None:
+        index.remember(case_no, title, content, town_code, received_at, signature)
+    return {"order_no": order.order_no, "level": order.level, "unit_code": order.unit_code,
+            "routing_basis": order.routing_basis, "policy": order.policy, "status": order.status,
+            "urgency": order.urgency, "repeat_of": appeal.repeat_of, "cross_level": appeal.cross_level}
 
 
 def _timestamp(value):
     # the catalogue's schema may hand a time over parsed or as its ISO 8601 text
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def _reasons(flags):
+    return [{"rule": f.rule, "name": f.name, "keywords": list(f.keywords)} for f in flags]
 
 
 def _location(s, town_code, village_code):
@@ -121,36 +175,62 @@ def _unit_lookup(s):
     return lookup
 
 
-def _open_order(uow, appeal, routing, now, previous=None):
-    """A new work order for ``appeal`` as routed, with its deadlines, and its order_dispatched."""
-    s = uow.session
+def _apply_routing(order, routing, now):
+    """Put the order in the routed unit's hands under the routed item and policy, its clocks
+    starting at ``now``."""
     accept_due_at, resolve_due_at = domain.deadlines(routing.limit, now)
-    order = WorkOrder(
-        order_no=f"pending-{uuid4().hex}", case_no=appeal.case_no,
-        unit_code=routing.unit.code, unit_name=routing.unit.name,
-        town_code=appeal.town_code, village_code=appeal.village_code,
-        category=routing.item.category, category_name=routing.item.category_name,
-        item=routing.item.code, item_name=routing.item.name, level=routing.level,
-        co_handlers=",".join(c for c in routing.item.co_handlers if c != routing.unit.code),
-        status="dispatched", urgent=routing.urgent, policy=routing.policy,
-        accept_hours=routing.limit.accept_hours, resolve_hours=routing.limit.resolve_hours,
-        accept_due_at=accept_due_at, resolve_due_at=resolve_due_at,
-        confidence=routing.confidence, routing_basis=routing.basis,
-        taxonomy_version=routing.taxonomy_version, router_version=routing.router_version,
-        reopen_count=0, previous_order_no=previous.order_no if previous else None,
-        dispatched_at=now, updated_at=now)
+    order.unit_code, order.unit_name, order.level = routing.unit.code, routing.unit.name, routing.level
+    order.category, order.category_name = routing.item.category, routing.item.category_name
+    order.item, order.item_name = routing.item.code, routing.item.name
+    order.co_handlers = ",".join(routing.co_handlers)
+    order.urgent, order.urgency, order.policy = routing.urgent, routing.urgency, routing.policy
+    order.accept_hours, order.resolve_hours = routing.limit.accept_hours, routing.limit.resolve_hours
+    order.accept_due_at, order.resolve_due_at = accept_due_at, resolve_due_at
+    order.confidence, order.routing_basis = routing.confidence, routing.basis
+    order.taxonomy_version, order.router_version = routing.taxonomy_version, routing.router_version
+    order.violation_type = routing.item.violation_type
+    order.dispatched_at = order.updated_at = now
+
+
+def _open_order(uow, appeal, routing, now, previous=None, review_reason=None, label=None):
+    """A new work order for ``appeal`` as routed, with its deadlines: dispatched (and announced), or
+    held for a dispatcher when ``review_reason`` says why."""
+    s = uow.session
+    order = WorkOrder(order_no=f"pending-{uuid4().hex}", case_no=appeal.case_no,
+                      town_code=appeal.town_code, village_code=appeal.village_code,
+                      status="pending_review" if review_reason else "dispatched", reopen_count=0,
+                      previous_order_no=previous.order_no if previous else None,
+                      review_reason=review_reason, classifier_label=label, enforcement_requested=False)
+    _apply_routing(order, routing, now)
     s.add(order)
     s.flush()  # the row id numbers the order
     order.order_no = domain.order_no_for(now, order.id)
     if previous is not None:
         previous.successor_order_no = order.order_no
+    if not review_reason:
+        _announce_dispatch(uow, appeal, order, routing)
+    return order
+
+
+def _announce_dispatch(uow, appeal, order, routing):
+    """``order_dispatched`` (the unit and its co-handlers are told), and ``enforcement_requested``
+    when the item needs joint enforcement at once and the case has not asked for it yet."""
     uow.emit("order_dispatched", appeal.case_no, {
         **_event_base(order), "unit_name": order.unit_name, "level": order.level,
-        "accept_due_at": iso(accept_due_at), "resolve_due_at": iso(resolve_due_at),
+        "accept_due_at": iso(order.accept_due_at), "resolve_due_at": iso(order.resolve_due_at),
         "policy": order.policy, "router_version": order.router_version,
-        "confidence": order.confidence, "title": appeal.title,
+        "confidence": order.confidence, "title": appeal.title, "co_handlers": list(routing.co_handlers),
     })
-    return order
+    if routing.item.needs_enforcement_at_dispatch and not _enforcement_asked(uow.session, appeal.case_no):
+        order.enforcement_requested = True
+        uow.emit("enforcement_requested", appeal.case_no, {
+            "order_no": order.order_no, "town_code": order.town_code,
+            "violation_type": routing.item.violation_type, "urgency": routing.urgency})
+
+
+def _enforcement_asked(s, case_no):
+    return s.execute(select(WorkOrder.id).where(WorkOrder.case_no == case_no,
+                                                WorkOrder.enforcement_requested.is_(True))).first() is not None
 
 
 def _event_base(order):
@@ -161,6 +241,157 @@ def _event_base(order):
 def _active_order(s, case_no):
     return s.execute(select(WorkOrder).where(WorkOrder.case_no == case_no,
                                              WorkOrder.status != "returned")).scalar_one_or_none()
+
+
+# --- what an appeal shows: urgency, repeats, cross-level petitions, hot spots --------------------
+
+def _flag_urgent(uow, appeal, order, routing, assessment, held):
+    """风险研判: the command centre is told at once, with the rules and words that matched."""
+    uow.emit("urgent_appeal_flagged", appeal.case_no, {
+        "order_no": order.order_no, "unit_code": None if held else order.unit_code,
+        "town_code": appeal.town_code, "category": routing.item.category, "item": routing.item.code,
+        "urgency": assessment.urgency, "reasons": _reasons(assessment.flags)})
+
+
+@dataclass
+class EarlierCase:
+    appeal: Appeal
+    order: WorkOrder | None
+    similarity: float | None
+
+
+def _same_matter_before(s, router, index, appeal, item, signature, since=None, levels=None):
+    """The same person's earlier appeals about the same matter (in the same town: the same item, or
+    text at least ``repeat.min_similarity`` similar), most recent first; ``levels`` keeps those
+    received at these levels only."""
+    if not appeal.citizen_ref:
+        return []
+    detection = router.taxonomy.detection
+    query = select(Appeal).where(Appeal.citizen_ref == appeal.citizen_ref, Appeal.case_no != appeal.case_no,
+                                 Appeal.received_at <= appeal.received_at)
+    if since is not None:
+        query = query.where(Appeal.received_at >= since)
+    if levels is not None:
+        query = query.where(Appeal.reception_level.in_(levels))
+    found = []
+    # a matter has a place: only the same town's appeals can be about it
+    query = query.where(Appeal.town_code == appeal.town_code)
+    for earlier in s.execute(query.order_by(Appeal.received_at.desc()).limit(50)).scalars():
+        order = _active_order(s, earlier.case_no)
+        same_item = order is not None and order.item == item.code
+        similar = index.similarity(signature, earlier.title, earlier.content) \
+            if index is not None else _plain_similarity(earlier, appeal)
+        if same_item or similar >= detection.repeat_min_similarity:
+            found.append(EarlierCase(earlier, order, round(similar, 4)))
+    return found
+
+
+def _plain_similarity(a, b):
+    from triage.similarity import AppealIndex
+    plain = AppealIndex()
+    return plain.similarity(plain.signature(a.title, a.content), b.title, b.content)
+
+
+def _repeat_of(s, router, index, appeal, item, signature):
+    """重复访: the most recent earlier appeal of the same person about the same matter within the
+    repeat window, or None."""
+    window = timedelta(days=router.taxonomy.detection.repeat_window_days)
+    earlier = _same_matter_before(s, router, index, appeal, item, signature,
+                                  since=appeal.received_at - window)
+    return earlier[0] if earlier else None
+
+
+def _link_repeat(uow, appeal, order, routing, repeat, held):
+    """Link the appeal to the first case of the chain, count it against the unit that has the matter,
+    and tell that unit (``repeat_detected``)."""
+    s = uow.session
+    root = repeat.appeal.repeat_of or repeat.appeal.case_no
+    appeal.repeat_of = root
+    appeal.repeat_unit_code = repeat.order.unit_code if repeat.order is not None else None
+    s.flush()
+    count = s.scalar(select(func.count()).select_from(Appeal).where(
+        or_(Appeal.repeat_of == root, Appeal.case_no == root)))
+    uow.emit("repeat_detected", appeal.case_no, {
+        "earlier_case_no": root,
+        "earlier_order_no": repeat.order.order_no if repeat.order is not None else None,
+        "unit_code": appeal.repeat_unit_code, "order_no": None if held else order.order_no,
+        "town_code": appeal.town_code, "category": routing.item.category, "item": routing.item.code,
+        "repeat_count": count, "similarity": repeat.similarity})
+
+
+def _check_cross_level(uow, router, index, appeal, order, routing, signature, held):
+    """越级访: received at district level about a matter for the grid or the town, never raised below
+    by the same person → flagged; the order goes down to the lower level, which is told."""
+    level = routing.item.level if held else routing.level
+    if appeal.reception_level != "district" or level not in ("grid", "town"):
+        return
+    raised_below = _same_matter_before(uow.session, router, index, appeal, routing.item, signature,
+                                       levels=("town", "village"))
+    if raised_below:
+        return
+    appeal.cross_level = True
+    uow.emit("cross_level_petition_detected", appeal.case_no, {
+        "order_no": order.order_no, "unit_code": None if held else order.unit_code,
+        "town_code": appeal.town_code, "category": routing.item.category, "item": routing.item.code,
+        "level": level, "reception_level": appeal.reception_level, "channel": appeal.channel})
+
+
+def _cluster(uow, taxonomy, appeal, item, neighbours, now):
+    """热点: join the cluster a near-duplicate neighbour is in, or open one when enough people wrote
+    about it (``hotspot_detected``, once per cluster)."""
+    s = uow.session
+    detection = taxonomy.detection
+    similarity = dict(neighbours)
+    codes = list(similarity)
+    clustered = s.execute(select(HotspotMember.hotspot_id, Hotspot.last_received_at)
+                          .join(Hotspot, Hotspot.hotspot_id == HotspotMember.hotspot_id)
+                          .where(HotspotMember.case_no.in_(codes))
+                          .order_by(Hotspot.last_received_at.desc())).first()
+    if clustered is not None:
+        hotspot = s.execute(select(Hotspot).where(Hotspot.hotspot_id == clustered.hotspot_id)
+                            .with_for_update()).scalar_one()
+        s.add(HotspotMember(case_no=appeal.case_no, hotspot_id=hotspot.hotspot_id,
+                            similarity=max(similarity.values()), joined_at=now))
+        s.flush()
+        hotspot.appeals, hotspot.people = _cluster_size(s, hotspot.hotspot_id)
+        hotspot.last_received_at = max(aware(hotspot.last_received_at), appeal.received_at)
+        return
+    rows = s.execute(select(Appeal).where(Appeal.case_no.in_(codes))).scalars().all()
+    members = [*rows, appeal]
+    people = _people(a.citizen_ref for a in members)
+    if len(members) < detection.hotspot_min_appeals or people < detection.hotspot_min_people:
+        return
+    first = min(members, key=lambda a: aware(a.received_at))
+    villages = {a.village_code for a in members}
+    hotspot = Hotspot(hotspot_id=f"RD{now.astimezone(CHINA_TIME):%Y%m%d}{uuid4().hex[:8].upper()}",
+                      town_code=appeal.town_code, village_code=villages.pop() if len(villages) == 1 else None,
+                      category=item.category, item=item.code, title=first.title, appeals=len(members),
+                      people=people, first_received_at=aware(first.received_at),
+                      last_received_at=max(aware(a.received_at) for a in members), detected_at=now)
+    s.add(hotspot)
+    s.flush()
+    for member in members:
+        s.add(HotspotMember(case_no=member.case_no, hotspot_id=hotspot.hotspot_id,
+                            similarity=similarity.get(member.case_no), joined_at=now))
+    s.flush()
+    uow.emit("hotspot_detected", appeal.case_no, {
+        "hotspot_id": hotspot.hotspot_id, "town_code": hotspot.town_code,
+        "village_code": hotspot.village_code, "category": hotspot.category, "item": hotspot.item,
+        "title": hotspot.title, "appeals": hotspot.appeals, "people": hotspot.people,
+        "case_nos": sorted(m.case_no for m in members), "first_received_at": iso(hotspot.first_received_at),
+        "window_hours": detection.hotspot_window_hours})
+
+
+def _people(citizen_refs):
+    """Distinct people: by their keyed reference; every anonymous appeal counts as one more."""
+    refs = list(citizen_refs)
+    return len({r for r in refs if r}) + sum(1 for r in refs if not r)
+
+
+def _cluster_size(s, hotspot_id):
+    refs = s.execute(select(Appeal.citizen_ref).join(HotspotMember, HotspotMember.case_no == Appeal.case_no)
+                     .where(HotspotMember.hotspot_id == hotspot_id)).scalars().all()
+    return len(refs), _people(refs)
 
 
 # --- the unit's actions -----------------------------------------------------------------------
@@ -233,11 +464,16 @@ def return_order(uow, router, order_no, unit_code, reason, idempotency_key, now=
             WorkOrder.case_no == order.case_no, WorkOrder.status == "returned")).scalars())
         appeal = s.get(Appeal, order.case_no)
         assessment = router.assess(appeal.title, appeal.content)
-        routing = router.route(assessment, appeal.town_code, appeal.village_code, _unit_lookup(s),
-                               excluded)
         uow.emit("order_returned", order.case_no, {**_event_base(order),
                                                    "reason": redact_text(args["reason"])})
-        _open_order(uow, appeal, routing, now, previous=order)
+        if router.taxonomy.review.returned_orders == "review":
+            # 退单审核: a dispatcher decides where it goes next
+            _open_order(uow, appeal, router.hold(assessment, _unit_lookup(s)), now, previous=order,
+                        review_reason="returned", label=assessment.label)
+        else:
+            routing = router.route(assessment, appeal.town_code, appeal.village_code, _unit_lookup(s),
+                                   excluded)
+            _open_order(uow, appeal, routing, now, previous=order)
         return _finish(uow, "return_order", key, order)
 
 
@@ -346,6 +582,155 @@ def complete_by_operation(uow, consumer, envelope, now=None):
                 resolved = order.order_no
         uow.commit()
         return resolved
+
+
+# --- dispatchers (人工研判) ----------------------------------------------------------------------
+
+@retry_on_conflict
+def route_manually(uow, router, order_no, unit_code, category, item, idempotency_key, now=None):
+    """A dispatcher routes an order by hand → ``order_dispatched`` (and what the item calls for):
+
+    - an order waiting in the review queue (``pending_review``) is dispatched to the unit;
+    - a returned order: the order now carrying its case is taken over — dispatched if it waits for
+      review, re-routed (改派) if it is dispatched and not yet signed for;
+    - a dispatched order not yet signed for is re-routed (改派): it is closed as returned
+      (``order_returned``, reason 调度员改派) and a new order goes to the unit.
+    Every decision is recorded (``export_decisions`` turns them into training data). Returns the
+    order that carries the decision."""
+    args = load(RouteManuallySchema(), {"order_no": order_no, "unit_code": unit_code, "category": category,
+                                        "item": item, "idempotency_key": idempotency_key})
+    taxonomy = router.taxonomy
+    chosen = taxonomy.items.get(args["item"])
+    if chosen is None or chosen.category != args["category"]:
+        raise ValidationError("请求参数有误", {"item": [f"事项 {args['item']} 不在类别 {args['category']} 中"]})
+    key = f"{args['order_no']}:{args['idempotency_key']}"
+    with uow:
+        earlier = uow.recall("route_manually", key)
+        if earlier is not None:
+            return earlier
+        s = uow.session
+        order = s.execute(select(WorkOrder).where(WorkOrder.order_no == args["order_no"])).scalar_one_or_none()
+        if order is None:
+            raise NotFound(f"工单 {args['order_no']} 不存在")
+        target = _active_order(s, order.case_no) if order.status == "returned" else order
+        if target is None or target.status not in ("pending_review", "dispatched"):
+            raise InvalidTransition("工单已签收或已办结，不能改派")
+        unit = _unit_lookup(s)([args["unit_code"]]).get(args["unit_code"])
+        if unit is None:
+            raise ValidationError("请求参数有误", {"unit_code": [f"单位 {args['unit_code']} 不存在"]})
+        appeal = s.get(Appeal, target.case_no)
+        flags = taxonomy.risk_flags(appeal.title, appeal.content, chosen)
+        assessment = domain.Assessment((chosen,), "manual", None, flags)
+        routing = router.route_to(assessment, chosen, unit, _unit_lookup(s))
+        now = now or domain.utcnow()
+        previous_unit, previous_item, reason = target.unit_code, target.item, target.review_reason
+        if target.status == "pending_review":
+            kind = "review"
+            target.status = "dispatched"
+            _apply_routing(target, routing, now)
+            _announce_dispatch(uow, appeal, target, routing)
+            carried = target
+        else:
+            kind = "reroute"
+            target.status = domain.next_status("return", target.status)
+            target.return_reason, target.returned_at, target.updated_at = "调度员改派", now, now
+            s.flush()  # the superseded order leaves the active slot before its successor takes it
+            uow.emit("order_returned", target.case_no, {**_event_base(target), "reason": "调度员改派"})
+            carried = _open_order(uow, appeal, routing, now, previous=target)
+        s.add(DispatcherDecision(
+            case_no=appeal.case_no, order_no=args["order_no"], new_order_no=carried.order_no, kind=kind,
+            review_reason=reason, previous_unit_code=previous_unit, previous_item=previous_item,
+            unit_code=unit.code, category=chosen.category, item=chosen.code,
+            label=taxonomy.label_of(chosen.category), taxonomy_version=taxonomy.version, decided_at=now))
+        return _finish(uow, "route_manually", key, carried)
+
+
+URGENCY_FIRST = {"emergency": 0, "urgent": 1, "normal": 2}
+
+
+def pending_review(uow, limit=None):
+    """The review queue: orders waiting for a dispatcher, the most urgent first, then the oldest, with
+    the appeal's text and what the router suggested."""
+    with uow:
+        rows = uow.session.execute(
+            select(WorkOrder, Appeal).join(Appeal, Appeal.case_no == WorkOrder.case_no)
+            .where(WorkOrder.status == "pending_review").order_by(WorkOrder.dispatched_at, WorkOrder.id)
+            .limit(min(int(limit or MAX_ORDERS), MAX_ORDERS))).all()
+        items = [{
+            "order_no": o.order_no, "case_no": o.case_no, "title": a.title, "content": a.content,
+            "channel": a.channel, "town_code": o.town_code, "village_code": o.village_code,
+            "review_reason": o.review_reason, "classifier_label": o.classifier_label,
+            "confidence": o.confidence, "suggested_category": o.category,
+            "suggested_category_name": o.category_name, "suggested_item": o.item,
+            "suggested_item_name": o.item_name, "urgency": o.urgency,
+            "risk_reasons": json.loads(a.risk_reasons or "[]"), "repeat_of": a.repeat_of,
+            "cross_level": a.cross_level, "waiting_since": o.dispatched_at,
+            "previous_order_no": o.previous_order_no, "taxonomy_version": o.taxonomy_version,
+        } for o, a in rows]
+        items.sort(key=lambda i: URGENCY_FIRST.get(i["urgency"], 3))  # stable: oldest first within
+        return ReviewItemSchema(many=True).dump(items)
+
+
+def decisions_for_training(uow, taxonomy):
+    """Dispatchers' decisions as training rows (id, subject, body, label): the latest decision per
+    case; the label is the classifier label of the category decided (a category no label covers
+    gives its own name, a new label for a district's retraining)."""
+    with uow:
+        rows = uow.session.execute(
+            select(DispatcherDecision, Appeal).join(Appeal, Appeal.case_no == DispatcherDecision.case_no)
+            .order_by(DispatcherDecision.decided_at, DispatcherDecision.id)).all()
+        latest = {}
+        for decision, appeal in rows:
+            label = taxonomy.label_of(decision.category) if decision.category in taxonomy.categories \
+                else decision.label
+            latest[appeal.case_no] = {"id": appeal.case_no, "subject": appeal.title,
+                                      "body": appeal.content, "label": label}
+        return list(latest.values())
+
+
+def export_decisions(uow, taxonomy, out):
+    """Write the training rows to ``out`` (a path) as CSV with the columns the classifier's ``train``
+    reads; returns how many rows."""
+    rows = decisions_for_training(uow, taxonomy)
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=("id", "subject", "body", "label"))
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
+# --- hot spots and repeat counts ----------------------------------------------------------------
+
+def hotspots(uow, since=None, town_code=None, limit=None):
+    """Hot-spot clusters, the most recently active first, with their appeals."""
+    args = load(HotspotQuerySchema(), {"since": since, "town_code": town_code, "limit": limit})
+    query = select(Hotspot)
+    if args["since"] is not None:
+        query = query.where(Hotspot.last_received_at >= args["since"].astimezone(timezone.utc))
+    if args["town_code"] is not None:
+        query = query.where(Hotspot.town_code == args["town_code"])
+    with uow:
+        s = uow.session
+        clusters = s.execute(query.order_by(Hotspot.last_received_at.desc())
+                             .limit(args["limit"] or 100)).scalars().all()
+        members = {}
+        if clusters:
+            for m in s.execute(select(HotspotMember).where(
+                    HotspotMember.hotspot_id.in_([c.hotspot_id for c in clusters]))
+                    .order_by(HotspotMember.case_no)).scalars():
+                members.setdefault(m.hotspot_id, []).append(m.case_no)
+        return HotspotSchema(many=True).dump([
+            {**{c.key: getattr(h, c.key) for c in Hotspot.__table__.columns},
+             "case_nos": members.get(h.hotspot_id, [])} for h in clusters])
+
+
+def repeat_counts(uow):
+    """重复访 per unit: {unit_code: appeals linked as repeats of a matter the unit had}."""
+    with uow:
+        rows = uow.session.execute(
+            select(Appeal.repeat_unit_code, func.count()).where(Appeal.repeat_unit_code.is_not(None))
+            .group_by(Appeal.repeat_unit_code)).all()
+        return {unit: count for unit, count in rows}
 
 
 # --- queries ----------------------------------------------------------------------------------

@@ -45,6 +45,16 @@ class Appeal(Base):
     village_code: Mapped[str | None] = mapped_column(String(12))
     citizen_ref: Mapped[str | None] = mapped_column(String(64), index=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # where it was received (district | town | village), as intake said or its channel implies
+    reception_level: Mapped[str | None] = mapped_column(String(16))
+    # 重复访: the first case of the same person about the same matter, and the unit told about it
+    repeat_of: Mapped[str | None] = mapped_column(String(32), index=True)
+    repeat_unit_code: Mapped[str | None] = mapped_column(String(40), index=True)
+    cross_level: Mapped[bool] = mapped_column(Boolean, default=False)  # 越级访
+    urgency: Mapped[str] = mapped_column(String(16), default="normal")
+    risk_reasons: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the rules that made it urgent
+    # when triage stored it: other instances pick it up into their near-duplicate index from here
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class WorkOrder(Base):
@@ -91,6 +101,14 @@ class WorkOrder(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # optimistic concurrency: an update made from a stale read fails instead of overwriting
     version: Mapped[int] = mapped_column(Integer, nullable=False)
+    urgency: Mapped[str] = mapped_column(String(16), default="normal")  # emergency | urgent | normal
+    # joint enforcement (联合执法) the item calls for, and whether triage requested it at dispatch
+    violation_type: Mapped[str | None] = mapped_column(String(40))
+    enforcement_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # status pending_review: why it waits for a dispatcher (low_confidence | ambiguous | unidentified |
+    # returned); the classifier's best label then, for the dispatcher to see
+    review_reason: Mapped[str | None] = mapped_column(String(24))
+    classifier_label: Mapped[str | None] = mapped_column(String(40))
 
     __mapper_args__ = {"version_id_col": version}
     __table_args__ = (
@@ -110,6 +128,52 @@ class ProgressNote(Base):
     unit_code: Mapped[str] = mapped_column(String(40))
     note: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DispatcherDecision(Base):
+    """人工研判: a dispatcher routed an appeal by hand (from the review queue, or re-routing a returned
+    or dispatched order). Kept as history and exported as training data."""
+    __tablename__ = "dispatcher_decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_no: Mapped[str] = mapped_column(ForeignKey("appeals.case_no"), index=True)
+    order_no: Mapped[str] = mapped_column(String(40))         # the order decided on
+    new_order_no: Mapped[str] = mapped_column(String(40))     # the order that carries the decision
+    kind: Mapped[str] = mapped_column(String(16))             # review | reroute
+    review_reason: Mapped[str | None] = mapped_column(String(24))
+    previous_unit_code: Mapped[str] = mapped_column(String(40))
+    previous_item: Mapped[str] = mapped_column(String(40))
+    unit_code: Mapped[str] = mapped_column(String(40))
+    category: Mapped[str] = mapped_column(String(40))
+    item: Mapped[str] = mapped_column(String(40))
+    label: Mapped[str] = mapped_column(String(40))            # the classifier label it teaches
+    taxonomy_version: Mapped[str] = mapped_column(String(40))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Hotspot(Base):
+    """热点: a cluster of appeals by several people about one place and problem in a short window."""
+    __tablename__ = "hotspots"
+    hotspot_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    town_code: Mapped[str] = mapped_column(String(12), index=True)
+    village_code: Mapped[str | None] = mapped_column(String(12))
+    category: Mapped[str] = mapped_column(String(40))
+    item: Mapped[str] = mapped_column(String(40))
+    title: Mapped[str] = mapped_column(String(200))
+    appeals: Mapped[int] = mapped_column(Integer)
+    people: Mapped[int] = mapped_column(Integer)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    detected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class HotspotMember(Base):
+    """An appeal in a hot spot; an appeal belongs to one cluster at most (the key makes two workers
+    racing to cluster the same appeals clash, and the loser retries and joins)."""
+    __tablename__ = "hotspot_members"
+    case_no: Mapped[str] = mapped_column(ForeignKey("appeals.case_no"), primary_key=True)
+    hotspot_id: Mapped[str] = mapped_column(ForeignKey("hotspots.hotspot_id"), index=True)
+    similarity: Mapped[float | None] = mapped_column(Float)
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 metadata = Base.metadata

@@ -49,12 +49,31 @@ class ResolveOrderSchema(OrderActionSchema):
 MAX_ORDERS = 10000
 
 
+# pending_review: waiting for a dispatcher (人工研判); triage's own, never in an event
+STATUSES = ORDER_STATUSES + ("pending_review",)
+
+
 class FindOrdersSchema(Strict):
     case_no = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 32))
     unit_code = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 40))
-    status = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(ORDER_STATUSES))
+    status = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(STATUSES))
     # no limit given: every match, up to MAX_ORDERS (a unit's whole queue, a case's history)
     limit = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, MAX_ORDERS))
+
+
+class RouteManuallySchema(Strict):
+    """A dispatcher's routing decision."""
+    order_no = _text(40)
+    unit_code = _text(40)
+    category = _text(40)
+    item = _text(40)
+    idempotency_key = _text(64)
+
+
+class HotspotQuerySchema(Strict):
+    since = fields.AwareDateTime(load_default=None, allow_none=True)
+    town_code = fields.String(load_default=None, allow_none=True, validate=validate.Length(9, 9))
+    limit = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 1000))
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -84,6 +103,7 @@ class OrderSummarySchema(Schema):
     resolve_due_at = UtcDateTime()
     dispatched_at = UtcDateTime()
     reopen_count = fields.Integer()
+    urgency = fields.String()
     version = fields.Integer()
 
 
@@ -108,4 +128,54 @@ class OrderSchema(OrderSummarySchema):
     closed_at = UtcDateTime(allow_none=True)
     updated_at = UtcDateTime()
     progress = fields.List(fields.Nested(ProgressNoteSchema))
+    violation_type = fields.String(allow_none=True)  # the joint enforcement the town may call for
+    enforcement_requested = fields.Boolean()
+    review_reason = fields.String(allow_none=True)
+
+
+class RiskReasonSchema(Schema):
+    rule = fields.String()
+    name = fields.String()
+    keywords = fields.List(fields.String())
+
+
+class ReviewItemSchema(Schema):
+    """One line of the dispatchers' review queue (``pending_review``)."""
+    order_no = fields.String()
+    case_no = fields.String()
+    title = fields.String()
+    content = fields.String()
+    channel = fields.String()
+    town_code = fields.String()
+    village_code = fields.String(allow_none=True)
+    review_reason = fields.String()  # low_confidence | ambiguous | unidentified | returned
+    classifier_label = fields.String(allow_none=True)
+    confidence = fields.Float(allow_none=True)
+    suggested_category = fields.String()
+    suggested_category_name = fields.String()
+    suggested_item = fields.String()
+    suggested_item_name = fields.String()
+    urgency = fields.String()
+    risk_reasons = fields.List(fields.Nested(RiskReasonSchema))
+    repeat_of = fields.String(allow_none=True)
+    cross_level = fields.Boolean()
+    waiting_since = UtcDateTime()
+    previous_order_no = fields.String(allow_none=True)
+    taxonomy_version = fields.String()
+
+
+class HotspotSchema(Schema):
+    """A hot-spot cluster (热点) as dispatchers see it."""
+    hotspot_id = fields.String()
+    town_code = fields.String()
+    village_code = fields.String(allow_none=True)
+    category = fields.String()
+    item = fields.String()
+    title = fields.String()
+    appeals = fields.Integer()
+    people = fields.Integer()
+    first_received_at = UtcDateTime()
+    last_received_at = UtcDateTime()
+    detected_at = UtcDateTime()
+    case_nos = fields.List(fields.String())
 

@@ -2,24 +2,31 @@
 
 Events in (at-least-once; duplicates dropped by event id; failures retried with delays, then parked
 in ``<queue>.dead``):
-    intake.appeal_received          → route the appeal, open its work order  → order_dispatched
+    intake.appeal_received          → route the appeal (or hold it for a dispatcher), open its work
+                                      order; flag urgency, repeats, cross-level petitions, hot spots
     intake.appeal_rated             → close the order, or reopen it (返工)     → order_closed | order_reopened
     enforcement.operation_completed → resolve the order the operation was for → order_resolved
-RPC (units' systems; every mutating call takes an idempotency_key, and a retry returns the first
-result): get_order, find_orders, accept_order, return_order, add_progress, resolve_order;
+RPC (units' systems and dispatchers; every mutating call takes an idempotency_key, and a retry
+returns the first result): get_order, find_orders, accept_order, return_order, add_progress,
+resolve_order; pending_review, route_manually, hotspots, repeat_counts, reload_taxonomy;
 services_catalogue (read-only: the taxonomy's items, for Open311 GET services and units' forms).
 Errors: NotFound, NotYourOrder (not the order's unit), InvalidTransition, ValidationError (fields).
 Events out (via the outbox): order_dispatched, order_accepted, order_returned, order_progressed,
-order_resolved, order_reopened, order_closed.
+order_resolved, order_reopened, order_closed, enforcement_requested, urgent_appeal_flagged,
+repeat_detected, cross_level_petition_detected, hotspot_detected.
 """
 from nameko.rpc import rpc
 
 from triage import handlers
 from triage.catalogue import services_catalogue
-from triage.dependencies import ORDERS_ROUTED, MetricsExporter, RouterProvider, TriageDatabase
+from triage.dependencies import (
+    APPEALS_FLAGGED, ORDERS_ROUTED, MetricsExporter, NearDuplicates, RouterProvider, TaxonomyReloader,
+    TriageDatabase,
+)
+from triage.domain import TaxonomyError, utcnow
 from wuji_common import metrics
-from wuji_common.entrypoints import event_handler
-from wuji_common.errors import EXPECTED
+from wuji_common.entrypoints import config_timer, event_handler
+from wuji_common.errors import EXPECTED, ValidationError
 
 
 class TriageService:
@@ -27,17 +34,27 @@ class TriageService:
 
     uow = TriageDatabase()
     router = RouterProvider()
+    reload = TaxonomyReloader()
+    near_duplicates = NearDuplicates()
     metrics = MetricsExporter()
 
     # --- events -------------------------------------------------------------------------------
     @event_handler("intake", "appeal_received")
     def on_appeal_received(self, envelope):
         """Exactly one work order per appeal, however often the event arrives."""
-        routed = handlers.dispatch_appeal(self.uow(), self.router, "triage.on_appeal_received", envelope)
+        routed = handlers.dispatch_appeal(self.uow(), self.router, "triage.on_appeal_received", envelope,
+                                          index=self.near_duplicates)
         if routed is None:
             metrics.EVENTS_DUPLICATE.labels(self.name, "triage.on_appeal_received").inc()
+            return
+        if routed["status"] == "pending_review":
+            APPEALS_FLAGGED.labels("review").inc()
         else:
             ORDERS_ROUTED.labels(routed["level"], routed["routing_basis"], routed["policy"]).inc()
+        for kind, shown in (("repeat", routed["repeat_of"]), ("cross_level", routed["cross_level"]),
+                            ("urgent", routed["urgency"] != "normal")):
+            if shown:
+                APPEALS_FLAGGED.labels(kind).inc()
 
     @event_handler("intake", "appeal_rated")
     def on_appeal_rated(self, envelope):
@@ -71,7 +88,7 @@ class TriageService:
 
     @rpc(expected_exceptions=EXPECTED)
     def return_order(self, order_no, unit_code, reason, idempotency_key):
-        """退单: not this unit's business; the appeal is routed to another unit."""
+        """退单: not this unit's business; the appeal is routed to another unit (or to a dispatcher)."""
         return handlers.return_order(self.uow(), self.router, order_no, unit_code, reason,
                                      idempotency_key)
 
@@ -84,3 +101,41 @@ class TriageService:
     def resolve_order(self, order_no, unit_code, resolution, idempotency_key):
         """办结: the citizen is then invited to rate the handling."""
         return handlers.resolve_order(self.uow(), order_no, unit_code, resolution, idempotency_key)
+
+    # --- RPC: dispatchers (人工研判) -------------------------------------------------------------
+    @rpc(expected_exceptions=EXPECTED)
+    def pending_review(self, limit=None):
+        """The review queue: appeals waiting for a dispatcher, most urgent first, then oldest."""
+        return handlers.pending_review(self.uow(), limit)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def route_manually(self, order_no, unit_code, category, item, idempotency_key):
+        """A dispatcher routes a waiting order, or re-routes a returned or not yet signed one."""
+        return handlers.route_manually(self.uow(), self.router, order_no, unit_code, category, item,
+                                       idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def hotspots(self, since=None, town_code=None, limit=None):
+        """Hot-spot clusters (热点), the most recently active first, with their cases."""
+        return handlers.hotspots(self.uow(), since, town_code, limit)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def repeat_counts(self):
+        """重复访 per unit: {unit_code: count}."""
+        return handlers.repeat_counts(self.uow())
+
+    @rpc(expected_exceptions=EXPECTED)
+    def reload_taxonomy(self):
+        """Read the taxonomy file again now; an invalid file is refused (ValidationError) and the
+        version in force stays."""
+        try:
+            previous, version = self.reload()
+        except TaxonomyError as err:
+            raise ValidationError("事项清单配置有误，未生效", {"taxonomy": [str(err)]}) from None
+        return {"previous_version": previous, "version": version}
+
+    # --- housekeeping ---------------------------------------------------------------------------
+    @config_timer("NEAR_DUPLICATE_EXPIRY_SECONDS", 600)
+    def forget_old_appeals(self):
+        """Drop appeals past the retention from this instance's near-duplicate index."""
+        self.near_duplicates.forget_expired(utcnow())

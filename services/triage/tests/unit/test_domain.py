@@ -46,7 +46,7 @@ def raw_taxonomy():
 @pytest.mark.parametrize("break_it, complaint", [
     (lambda d: d.pop("version"), "no version"),
     (lambda d: d["categories"][0]["items"][0].update(level="province"), "level"),
-    (lambda d: d["categories"][1]["items"][0].update(department=None), "department"),
+    (lambda d: d["categories"][0]["items"][1].update(department=None), "department"),
     (lambda d: d["categories"][0]["items"][0].update(
         time_limit={"accept_hours": 2, "resolve_hours": 10, "urgent": {"accept_hours": 1, "resolve_hours": 20}}),
      "urgent limits"),
@@ -82,7 +82,7 @@ def test_keywords_in_the_title_and_longer_keywords_weigh_more(taxonomy):
 
 def test_grid_items_go_to_the_villages_grid_worker(router):
     r = route(router, "村口路灯不亮", "路灯坏了", village=JINSI)
-    assert (r.unit.code, r.level, r.item.code) == (f"grid-{JINSI}", "grid", "village-facilities")
+    assert (r.unit.code, r.level, r.item.code) == (f"grid-{JINSI}", "grid", "street-lights")
 
 
 def test_grid_items_without_a_village_go_to_the_town_office(router):
@@ -99,7 +99,7 @@ def test_town_items_go_to_the_town_office(router):
 def test_district_items_go_to_the_department(router):
     r = route(router, "工地老板拖欠工资", "拖欠农民工工资三个月", village=JINSI)
     assert (r.unit.code, r.level) == ("dept-hrss", "district")
-    assert r.unit.name == "区人力资源和社会保障局" and r.item.category == "labour-social-security"
+    assert r.unit.name == "区人力资源和社会保障局" and r.item.category == "labour"
 
 
 def test_nothing_recognisable_falls_back_to_the_town_office(router):
@@ -129,11 +129,11 @@ def test_a_returned_appeal_goes_elsewhere_then_to_the_town_then_the_command_cent
 
 
 def test_a_returned_appeal_tries_the_other_matching_items_first(router):
-    # 噪音 (environment) and 施工 (housing) both match: the housing department is next in line
-    first = route(router, "夜间施工噪音扰民")
-    second = route(router, "夜间施工噪音扰民", excluded={first.unit.code})
-    assert first.unit.code == "dept-environment"
-    assert second.unit.code == "dept-housing" and second.item.code == "housing-construction"
+    # 噪音 (environment) and 渣土车 (transport) both match: the transport bureau is next in line
+    first = route(router, "夜间施工噪音扰民，渣土车撒漏")
+    second = route(router, "夜间施工噪音扰民，渣土车撒漏", excluded={first.unit.code})
+    assert first.unit.code == "dept-environment" and first.item.code == "noise"
+    assert second.unit.code == "dept-transport" and second.item.code == "overloading"
 
 
 def test_a_village_grid_worker_missing_from_the_reference_data_means_the_town_office(router):
@@ -167,34 +167,36 @@ def test_a_confident_classifier_decides_the_category_and_keywords_the_item(taxon
     a = router.assess("反映情况", "附近工厂偷排")  # a weak match alone would not decide
     assert (a.item.code, a.basis, a.confidence) == ("water-pollution", "keywords+classifier", 0.9)
     a = router.assess("反映情况", "附近一直有问题")
-    assert (a.item.code, a.basis) == ("environment-other", "classifier")
-    assert router.version == "router-1+model-test-1"
+    assert (a.item.code, a.basis) == ("air-pollution", "classifier")  # the label's default item
+    assert router.version == "router-2+model-test-1"
 
 
 def test_a_strong_keyword_match_decides_over_the_classifier(taxonomy):
-    router = Router(taxonomy, FixedClassifier(("交通运输", 0.8), ("城乡建设", 0.15)))
+    router = Router(taxonomy, FixedClassifier(("劳动和社会保障", 0.8), ("城乡建设", 0.15)))
     a = router.assess("村口路灯不亮", "晚上出行不便")
-    assert (a.item.code, a.basis) == ("village-facilities", "keywords")
-    assert a.confidence == 0.15  # the model's probability for the category the rules chose
+    assert (a.item.code, a.basis) == ("street-lights", "keywords")
+    assert a.confidence == 0.15  # the model's probability for the label covering the rules' choice
+    assert a.review is None  # the district's rules decided: nothing for a dispatcher
     agreeing = Router(taxonomy, FixedClassifier(("城乡建设", 0.8)))
     assert agreeing.assess("村口路灯不亮", "").basis == "keywords+classifier"
 
 
 def test_an_unsure_classifier_leaves_it_to_keywords_or_the_fallback(taxonomy):
     router = Router(taxonomy, FixedClassifier(("卫生计生", 0.3), ("教育文体", 0.25)))
-    assert router.assess("反映", "孩子的学校").item.code == "school-management"
+    weak = router.assess("反映", "孩子的学校")
+    assert weak.item.code == "education" and weak.review == "low_confidence"
     a = router.assess("反映", "一件事")
-    assert (a.item.code, a.basis) == ("general-other", "fallback")
+    assert (a.item.code, a.basis, a.review) == ("general-other", "fallback", "low_confidence")
     # its guesses remain as alternatives for a re-routing
-    assert [i.code for i in a.items[1:3]] == ["health-other", "education-other"]
+    assert [i.code for i in a.items[1:3]] == ["health-service", "education"]
 
 
 def test_ranked_labels_may_come_as_a_mapping(taxonomy):
     router = Router(taxonomy, FixedClassifier(("环境保护", 0.9)))
     router.classifier.classify = lambda s, b: Classification("环境保护", 0.9, {"城乡建设": 0.1, "环境保护": 0.9})
     a = router.assess("反映情况", "附近一直有问题")
-    assert (a.item.code, a.confidence) == ("environment-other", 0.9)
-    assert a.items[1].code == "urban-rural-other"
+    assert (a.item.code, a.confidence) == ("air-pollution", 0.9)
+    assert a.items[1].code == "housing-development"
 
 
 def test_labels_the_taxonomy_does_not_know_are_ignored(taxonomy):
@@ -204,9 +206,9 @@ def test_labels_the_taxonomy_does_not_know_are_ignored(taxonomy):
 
 def test_the_router_runs_with_or_without_a_model_file():
     router = build_router()
-    assert router.version.startswith("router-1+")
+    assert router.version.startswith("router-2+")
     a = router.assess("村口路灯不亮", "阴平镇金寺村村口的路灯坏了一个多月")
-    assert a.item.code == "village-facilities"
+    assert a.item.code == "street-lights"
     assert build_router(classifier="off").classifier is None
     assert build_router(classifier=False).classifier is None  # TRIAGE_CLASSIFIER=off read by YAML
 

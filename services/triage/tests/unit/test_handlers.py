@@ -52,7 +52,7 @@ def test_an_appeal_becomes_one_order_routed_with_deadlines(db, dispatched, outbo
     assert order.order_no == dispatched and dispatched.startswith("GD20261125") and len(dispatched) == 16
     assert (order.case_no, order.unit_code, order.unit_name) == ("YC20261125000001", GRID, "金寺村网格员")
     assert (order.level, order.category, order.item, order.status) == (
-        "grid", "urban-rural", "village-facilities", "dispatched")
+        "grid", "municipal", "street-lights", "dispatched")
     assert (order.taxonomy_version, order.router_version) == (taxonomy.version, router.version)
     assert order.accept_hours == 1 and order.resolve_hours == 72
     [event] = outbox_events(db)
