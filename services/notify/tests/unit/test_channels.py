@@ -146,7 +146,7 @@ def test_wechat_template_message_with_a_cached_token(servers):
     [first, second] = api.sent()
     assert first["touser"] == "oAbCdEfGhIjKlMn" and first["template_id"] == "TPL-RECEIPT"
     assert first["data"]["character_string2"] == {"value": "YC20261125000001"}
-    assert first["data"]["thing1"]["value"] == "小区门口的路灯已经坏了一个多星期了没…"  # 20 characters
+    assert first["data"]["thing1"]["value"] == "小区门口的路灯已经坏了一个多星期了一直…"  # 20 characters
     assert first["data"]["time3"] == {"value": "2026年11月25日 10:00"}
     assert first["url"] == "http://portal.test"
 

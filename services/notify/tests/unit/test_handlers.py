@@ -1,15 +1,16 @@
 """notify's use cases on a real database (SQLite and PostgreSQL), with fake channels that record
 what they were asked to send and fail on cue."""
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from notify import content, handlers
-from notify.domain import PermanentError, TransientError
+from notify.domain import PermanentError, ProviderDown, TransientError
 from notify.handlers import Outside, Policy
-from notify.models import Delivery, UnitContact, metadata
+from notify.models import Delivery, DeliveryAttempt, Provider, metadata
 from wuji_common.cli import unit_of_work_for
 from wuji_common.db import UnitOfWork, make_engine, session_factory
 from wuji_common.errors import InvalidTransition, NotFound, RpcTimeout, ValidationError
@@ -18,14 +19,17 @@ from wuji_common.migrations import upgrade
 from wuji_common.testing import backends, drop_postgres_database, new_postgres_database
 
 MIGRATIONS = Path(handlers.__file__).parent / "migrations"
-CITIZEN = {"name": "张三", "phone": "13812345678", "email": "zhangsan@example.com"}
-FAST = Policy(retry_delays=(0, 0), claim_seconds=60, portal_url="http://portal.test")
+CITIZEN = {"name": "张三", "phone": "13812345678", "email": "zhangsan@example.com", "wechat_openid": None}
+FAST = Policy(max_attempts=3, retry_base=0, retry_cap=0, provider_base=0, provider_cap=0, claim_seconds=60,
+              portal_url="http://portal.test")
+HELD = Policy(max_attempts=3, retry_base=0, retry_cap=0, provider_base=3600, provider_cap=3600,
+              claim_seconds=60)
+EMAIL_ONLY = ("inbox", "email", "webhook")
 
 
 @pytest.fixture(scope="module", params=backends())
 def db_url(request, tmp_path_factory):
-    """One migrated database per backend for this module (creating one per test would cost a second
-    each on PostgreSQL); every test starts from emptied tables."""
+    """One migrated database per backend for this module; every test starts from emptied tables."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('notify') / 'notify.db'}"
         upgrade(MIGRATIONS, url)
@@ -52,9 +56,10 @@ def uow(db_url):
 class FakeChannel:
     """Records every send; raises the queued errors first, one per send."""
 
-    def __init__(self, *errors):
+    def __init__(self, *errors, available=True):
         self.sent = []
         self.errors = list(errors)
+        self.available = available
 
     def send(self, outgoing):
         if self.errors:
@@ -82,19 +87,20 @@ def new_case():
     return f"YC20261125{uuid.uuid4().int % 10**6:06d}"
 
 
-def received(case_no, anonymous=False):
+def received(case_no, anonymous=False, at=None, citizen_ref="ref-zhangsan"):
     return make_event("appeal_received", case_no, {
         "channel": "web", "title": "小区路灯不亮", "content": "门口路灯坏了，电话13812345678",
-        "town_code": "370404001", "anonymous": anonymous, "received_at": "2026-11-25T02:00:00+00:00"})
+        "town_code": "370404001", "anonymous": anonymous, "citizen_ref": None if anonymous else citizen_ref,
+        "received_at": "2026-11-25T02:00:00+00:00"}, occurred_at=at)
 
 
-def dispatched(case_no, unit_code="dept-housing"):
+def dispatched(case_no, unit_code="dept-housing", at=None):
     return make_event("order_dispatched", case_no, {
         "order_no": f"GD{case_no[2:]}", "unit_code": unit_code, "town_code": "370404001",
         "category": "housing", "status": "dispatched", "unit_name": "区住房和城乡建设局",
         "level": "district", "accept_due_at": "2026-11-25T04:00:00+00:00",
         "resolve_due_at": "2026-11-30T04:00:00+00:00", "policy": "rules", "router_version": "1",
-        "title": "小区路灯不亮"})
+        "title": "小区路灯不亮"}, occurred_at=at)
 
 
 def resolved(case_no):
@@ -104,202 +110,208 @@ def resolved(case_no):
         "resolved_at": "2026-11-26T08:00:00+00:00", "within_deadline": True})
 
 
-def record(uow, envelope):
-    return handlers.record_event(uow, "notify.test", envelope, content.rules())
+def record(uow, envelope, available=EMAIL_ONLY, policy=FAST):
+    return handlers.record_event(uow, "notify.test", envelope, content.rules(), available, policy)
 
 
-def outside(contacts=None, email=None, webhook=None):
-    return Outside(citizen_contact=contacts or Contacts({}),
-                   channels={"email": email or FakeChannel(), "webhook": webhook or FakeChannel()})
+def outside(contacts=None, **channels):
+    made = {name: channels.get(name) or FakeChannel() for name in ("inbox", "wechat", "sms", "email", "webhook")}
+    return Outside(citizen_contact=contacts or Contacts({}), channels=made)
 
 
-def rows(uow, case_no):
+def rows(uow, case_no=None, **where):
     with uow:
-        found = uow.session.execute(select(Delivery).where(Delivery.case_no == case_no)
-                                    .order_by(Delivery.channel)).scalars().all()
-        uow.session.expunge_all()  # readable after the unit of work ends
+        query = select(Delivery).order_by(Delivery.created_at, Delivery.channel)
+        if case_no:
+            query = query.where(Delivery.case_no == case_no)
+        for k, v in where.items():
+            query = query.where(getattr(Delivery, k) == v)
+        found = uow.session.execute(query).scalars().all()
+        uow.session.expunge_all()
         return found
+
+
+def citizen_rows(uow, case_no):
+    return [r for r in rows(uow, case_no) if r.recipient == "citizen"]
 
 
 # --- reservation --------------------------------------------------------------------------------------
 
-def test_an_event_reserves_one_pending_delivery_per_recipient_and_channel(uow):
-    case_no = new_case()
-    [delivery_id] = record(uow, received(case_no))
-    [row] = rows(uow, case_no)
-    assert (row.id, row.recipient, row.channel, row.status, row.attempts) == \
-        (delivery_id, "citizen", "email", "pending", 0)
-    assert row.context == {"case_no": case_no, "title": "小区路灯不亮",
-                           "received_at": "2026-11-25T02:00:00+00:00"}
-
-
-def test_a_duplicate_event_reserves_nothing(uow):
+def test_an_event_reserves_the_first_channel_of_each_notice_once(uow):
     case_no = new_case()
     envelope = received(case_no)
-    assert len(record(uow, envelope)) == 1
-    assert record(uow, envelope) == []
-    assert len(rows(uow, case_no)) == 1
+    ids = record(uow, envelope, available=("inbox", "sms", "email"))
+    [row] = citizen_rows(uow, case_no)
+    assert (row.channel, row.fallback, row.status, row.provider) == ("sms", ["email"], "pending", "sms")
+    assert row.id in ids
+    assert row.context == {"case_no": case_no, "title": "小区路灯不亮", "received_at": "2026-11-25T02:00:00+00:00"}
+    assert record(uow, envelope) == []  # the same event again
+    assert len(citizen_rows(uow, case_no)) == 1
 
 
 def test_the_unique_key_holds_even_without_the_inbox(uow):
-    """Two consumers (or a lost inbox row) cannot reserve the same recipient and channel twice."""
     envelope = received(new_case())
-    handlers.record_event(uow, "notify.one", envelope, content.rules())
+    handlers.record_event(uow, "notify.one", envelope, content.rules(), EMAIL_ONLY)
     with pytest.raises(Exception, match="(?i)unique|duplicate"):
-        handlers.record_event(uow, "notify.two", envelope, content.rules())
+        handlers.record_event(uow, "notify.two", envelope, content.rules(), EMAIL_ONLY)
 
 
-def test_anonymous_appeal_is_recorded_as_skipped_and_nothing_is_sent(uow):
+def test_anonymous_appeal_is_recorded_as_skipped(uow):
     case_no = new_case()
-    assert record(uow, received(case_no, anonymous=True)) == []
-    [row] = rows(uow, case_no)
+    record(uow, received(case_no, anonymous=True))
+    [row] = citizen_rows(uow, case_no)
     assert (row.status, row.reason) == ("skipped", "anonymous")
 
 
-def test_a_unit_without_webhook_gets_only_email(uow):
-    case_no = new_case()
-    ids = record(uow, dispatched(case_no))
-    assert [(r.recipient, r.channel) for r in rows(uow, case_no)] == [("unit:dept-housing", "email")]
-    assert len(ids) == 1
+# --- sending and falling back -------------------------------------------------------------------------
 
-
-def test_a_unit_notify_does_not_know_is_skipped_at_send_time(uow):
-    case_no = new_case()
-    [delivery_id] = record(uow, dispatched(case_no, unit_code="dept-nowhere"))
-    assert handlers.deliver(uow, delivery_id, outside(), FAST) == ("email", "skipped")
-    assert rows(uow, case_no)[0].reason == "unknown_unit"
-
-
-def test_a_unit_with_webhook_gets_both(uow):
-    handlers.set_unit_contact(uow, {"unit_code": "dept-housing", "webhook_url": "https://hooks.test/x"})
-    case_no = new_case()
-    assert len(record(uow, dispatched(case_no))) == 2
-    assert [r.channel for r in rows(uow, case_no)] == ["email", "webhook"]
-
-
-# --- sending ------------------------------------------------------------------------------------------
-
-def test_citizen_receipt_is_sent_once_and_the_log_keeps_only_a_masked_address(uow, db_url):
+def test_citizen_receipt_is_sent_once_and_nothing_personal_is_kept(uow):
     case_no = new_case()
     [delivery_id] = record(uow, received(case_no))
     email = FakeChannel()
     out = outside(Contacts({case_no: CITIZEN}), email=email)
-    assert handlers.deliver(uow, delivery_id, out, FAST) == ("email", "sent")
-    assert handlers.deliver(uow, delivery_id, out, FAST) is None  # sent already
+    assert handlers.deliver(uow, delivery_id, out, FAST) == [("email", "sent")]
+    assert handlers.deliver(uow, delivery_id, out, FAST) == []  # sent already
     assert handlers.send_due(uow, out, FAST) == []
     [sent] = email.sent
-    assert sent.address.to == "zhangsan@example.com"
-    assert sent.delivery_id == delivery_id
-    assert sent.message.text.startswith("尊敬的张三，您好：")
-    assert case_no in sent.message.subject
+    assert sent.address.to == "zhangsan@example.com" and sent.message.text.startswith("尊敬的张三，您好：")
     [log] = handlers.deliveries_for_case(uow, case_no)
     assert (log["status"], log["address"], log["attempts"]) == ("sent", "z***@example.com", 1)
-    assert "context" not in log
-    # no trace of the citizen's contact anywhere in notify's database
+    assert [a["outcome"] for a in log["attempt_log"]] == ["sent"]
     with uow:
-        dump = " ".join(str(r) for table in ("deliveries", "idempotency_keys", "processed_events")
+        dump = " ".join(str(r) for table in ("deliveries", "delivery_attempts", "idempotency_keys",
+                                             "processed_events", "case_citizens")
                         for r in uow.session.execute(text(f"SELECT * FROM {table}")).all())
     assert "zhangsan@" not in dump and "13812345678" not in dump and "张三" not in dump
 
 
-def test_citizen_without_email_or_contact_is_skipped_with_a_reason(uow):
-    no_email, anonymous_later = new_case(), new_case()
-    out = outside(Contacts({no_email: {"name": "李四", "phone": "13900000000", "email": None}}))
-    for case_no in (no_email, anonymous_later):
-        [delivery_id] = record(uow, resolved(case_no))
-        assert handlers.deliver(uow, delivery_id, out, FAST) == ("email", "skipped")
-    assert rows(uow, no_email)[0].reason == "no_email"
-    assert rows(uow, anonymous_later)[0].reason == "no_contact"
-    assert out.channels["email"].sent == []
-
-
-def test_result_notice_escapes_the_resolution_in_html(uow):
+def test_no_phone_falls_through_to_the_next_channel_at_once(uow):
     case_no = new_case()
-    [delivery_id] = record(uow, resolved(case_no))
-    email = FakeChannel()
-    handlers.deliver(uow, delivery_id, outside(Contacts({case_no: CITIZEN}), email=email), FAST)
-    message = email.sent[0].message
-    assert "已更换灯泡 <LED>" in message.text
-    assert "已更换灯泡 &lt;LED&gt;" in message.html
-    assert "评价" in message.subject and "http://portal.test" in message.text
+    [delivery_id] = [i for i in record(uow, received(case_no), available=("sms", "email"))]
+    sms, email = FakeChannel(), FakeChannel()
+    out = outside(Contacts({case_no: {**CITIZEN, "phone": None}}), sms=sms, email=email)
+    assert handlers.deliver(uow, delivery_id, out, FAST) == [("sms", "skipped"), ("email", "sent")]
+    skipped, sent = citizen_rows(uow, case_no)
+    assert (skipped.reason, sent.fallback_of, sms.sent) == ("no_sms", skipped.id, [])
 
 
-def test_unit_notice_goes_to_the_units_address_with_its_secret(uow):
-    unit = handlers.set_unit_contact(uow, {"unit_code": "dept-housing",
-                                           "webhook_url": "https://hooks.test/x"})
+def test_a_permanent_failure_is_dead_listed_and_falls_back(uow):
     case_no = new_case()
-    email, webhook = FakeChannel(), FakeChannel()
-    for delivery_id in record(uow, dispatched(case_no)):
-        handlers.deliver(uow, delivery_id, outside(email=email, webhook=webhook), FAST)
-    assert email.sent[0].address.to == "dept-housing@demo.wuji.local"
-    assert email.sent[0].message.text.startswith("区住房和城乡建设局：")
-    assert (webhook.sent[0].address.to, webhook.sent[0].address.secret) == \
-        ("https://hooks.test/x", unit["webhook_secret"])
-    assert {r.status for r in rows(uow, case_no)} == {"sent"}
-
-
-def test_transient_failures_are_retried_then_the_delivery_is_dead(uow):
-    case_no = new_case()
-    [delivery_id] = record(uow, received(case_no))
-    email = FakeChannel(TransientError("HTTP 503"), TransientError("ConnectionRefusedError"),
-                        TransientError("SMTPServerDisconnected"))
-    out = outside(Contacts({case_no: CITIZEN}), email=email)
-    assert handlers.deliver(uow, delivery_id, out, FAST) == ("email", "pending")
-    assert handlers.send_due(uow, out, FAST) == [("email", "pending"), ("email", "failed")]
-    [row] = rows(uow, case_no)
-    assert (row.status, row.attempts, row.last_error) == ("failed", 3, "SMTPServerDisconnected")
-    assert email.sent == []
+    [delivery_id] = record(uow, received(case_no), available=("sms", "email"))
+    sms, email = FakeChannel(PermanentError("SMS isv.MOBILE_NUMBER_ILLEGAL")), FakeChannel()
+    out = outside(Contacts({case_no: CITIZEN}), sms=sms, email=email)
+    assert handlers.deliver(uow, delivery_id, out, FAST) == [("sms", "failed"), ("email", "sent")]
     assert [d["delivery_id"] for d in handlers.failed_deliveries(uow)] == [delivery_id]
+    assert handlers.failed_deliveries(uow)[0]["last_error"] == "SMS isv.MOBILE_NUMBER_ILLEGAL"
+    assert len(email.sent) == 1
+
+
+def test_transient_failures_back_off_then_die_and_fall_back(uow):
+    case_no = new_case()
+    [delivery_id] = record(uow, received(case_no), available=("sms", "email"))
+    sms = FakeChannel(*[TransientError("SMS isv.BUSINESS_LIMIT_CONTROL")] * 3)
+    email = FakeChannel()
+    out = outside(Contacts({case_no: CITIZEN}), sms=sms, email=email)
+    assert handlers.deliver(uow, delivery_id, out, FAST) == [("sms", "pending")]
+    assert handlers.send_due(uow, out, FAST) == [("sms", "pending"), ("sms", "failed"), ("email", "sent")]
+    dead = handlers.get_delivery(uow, delivery_id)
+    assert (dead["status"], dead["failures"], dead["attempts"]) == ("failed", 3, 3)
+    assert [a["outcome"] for a in dead["attempt_log"]] == ["retry", "retry", "retry"]
 
 
 def test_a_retry_waits_for_its_backoff(uow):
     case_no = new_case()
     [delivery_id] = record(uow, received(case_no))
-    out = outside(Contacts({case_no: CITIZEN}), email=FakeChannel(TransientError("HTTP 503")))
-    slow = Policy(retry_delays=(3600,), portal_url="")
-    assert handlers.deliver(uow, delivery_id, out, slow) == ("email", "pending")
-    assert handlers.send_due(uow, out, slow) == []  # not due for an hour
-    assert rows(uow, case_no)[0].next_attempt_at is not None
+    out = outside(Contacts({case_no: CITIZEN}), email=FakeChannel(TransientError("SMTP 451")))
+    slow = Policy(retry_base=3600, retry_cap=3600)
+    assert handlers.deliver(uow, delivery_id, out, slow) == [("email", "pending")]
+    assert handlers.send_due(uow, out, slow) == []
+    wait = (handlers._aware(citizen_rows(uow, case_no)[0].next_attempt_at) - datetime.now(timezone.utc))
+    assert timedelta(minutes=29) < wait <= timedelta(hours=1)  # 1800–3600 s with jitter
 
 
-def test_one_sweep_claims_nothing_after_its_time_budget(uow):
-    for _ in range(3):
-        record(uow, received(new_case()))
-    ticks = iter([0, 1, 2, 99, 99])
-    sent = handlers.send_due(uow, outside(), FAST, budget_seconds=5, clock=lambda: next(ticks))
-    assert len(sent) == 2
-
-
-def test_intake_not_answering_is_a_transient_failure(uow):
+def test_intake_not_answering_is_retried(uow):
     case_no = new_case()
     [delivery_id] = record(uow, received(case_no))
     contacts = Contacts({case_no: CITIZEN}, failures=1)
     out = outside(contacts)
-    assert handlers.deliver(uow, delivery_id, out, FAST) == ("email", "pending")
-    assert rows(uow, case_no)[0].last_error == "RpcTimeout"
+    assert handlers.deliver(uow, delivery_id, out, FAST) == [("email", "pending")]
+    assert citizen_rows(uow, case_no)[0].last_error == "RpcTimeout"
     assert handlers.send_due(uow, out, FAST) == [("email", "sent")]
-    assert contacts.calls == 2
 
 
-def test_a_permanent_failure_is_dead_at_once_and_replay_sends_it(uow):
+def test_a_channel_without_a_template_id_is_skipped_for_the_next(uow):
+    from notify.domain import NotConfigured
     case_no = new_case()
-    [delivery_id] = record(uow, received(case_no))
-    email = FakeChannel(PermanentError("SMTP recipient refused [550]"))
-    out = outside(Contacts({case_no: CITIZEN}), email=email)
-    assert handlers.deliver(uow, delivery_id, out, FAST) == ("email", "failed")
-    assert handlers.send_due(uow, out, FAST) == []
-    replayed = handlers.replay(uow, delivery_id, idempotency_key="r-1")
-    assert (replayed["status"], replayed["attempts"]) == ("pending", 0)
-    assert handlers.replay(uow, delivery_id, idempotency_key="r-1") == replayed  # a retried call
-    assert handlers.deliver(uow, delivery_id, out, FAST) == ("email", "sent")
-    assert [o.delivery_id for o in email.sent] == [delivery_id]  # same id: receivers can dedupe
-    with pytest.raises(InvalidTransition):
-        handlers.replay(uow, delivery_id)
-    with pytest.raises(NotFound):
-        handlers.replay(uow, str(uuid.uuid4()))
+    [delivery_id] = record(uow, received(case_no), available=("wechat", "email"))
+    wechat = FakeChannel(NotConfigured("no WeChat template id"))
+    out = outside(Contacts({case_no: {**CITIZEN, "wechat_openid": "oAbCdEfGhIjKlMn"}}), wechat=wechat)
+    assert handlers.deliver(uow, delivery_id, out, FAST) == [("wechat", "skipped"), ("email", "sent")]
 
 
-def test_a_delivery_left_claimed_by_a_crash_is_sent_after_its_claim_expires(uow):
+# --- provider outages: hold, probe, drain in order ----------------------------------------------------
+
+def test_an_outage_holds_the_providers_queue_in_order_and_it_drains_when_it_returns(uow):
+    hook = handlers.set_unit_contact(uow, {"unit_code": "dept-water", "webhook_url": "https://w.test/h"})
+    assert hook["webhook_secret"]
+    start = datetime.now(timezone.utc) - timedelta(minutes=5)
+    cases = [new_case() for _ in range(4)]
+    webhook = FakeChannel(ProviderDown("ConnectionError"))
+    out = outside(webhook=webhook)
+    for i, case_no in enumerate(cases):
+        for delivery_id in record(uow, dispatched(case_no, "dept-water", at=start + timedelta(seconds=i)),
+                                  policy=HELD):
+            handlers.deliver(uow, delivery_id, out, HELD)
+    hooks = [r for c in cases for r in rows(uow, c, channel="webhook")]
+    assert [(h.status, h.attempts, h.failures) for h in hooks] == [("pending", 1, 0)] + [("pending", 0, 0)] * 3
+    [down] = handlers.providers(uow)
+    assert (down["name"], down["failures"], down["queued"]) == ("webhook:unit:dept-water", 1, 4)
+    handlers.send_due(uow, out, HELD)
+    assert webhook.sent == []  # held: nothing more tried before the probe time
+    # the provider's probe time comes; it is back
+    with uow:
+        uow.session.execute(update(Provider).values(retry_at=start))
+        uow.commit()
+    handlers.send_due(uow, out, HELD)
+    assert [o.case_no for o in webhook.sent] == cases  # each once, in the order the events happened
+    assert handlers.providers(uow) == []
+    assert all(r.status == "sent" for c in cases for r in rows(uow, c, channel="webhook"))
+
+
+def test_a_new_delivery_does_not_jump_a_queue_waiting_for_its_provider(uow):
+    handlers.set_unit_contact(uow, {"unit_code": "dept-water", "webhook_url": "https://w.test/h"})
+    older, newer = new_case(), new_case()
+    webhook = FakeChannel(ProviderDown("HTTP 503"))
+    out = outside(webhook=webhook)
+    for delivery_id in record(uow, dispatched(older, "dept-water")):
+        handlers.deliver(uow, delivery_id, out, FAST)  # fails: provider down, its probe due at once
+    record(uow, dispatched(newer, "dept-water"))
+    [hook] = rows(uow, newer, channel="webhook")
+    assert handlers.deliver(uow, hook.id, out, FAST) == []  # the older one goes first
+    handlers.send_due(uow, out, FAST)
+    assert [o.case_no for o in webhook.sent] == [older, newer]
+
+
+def test_an_outage_of_one_endpoint_does_not_hold_another(uow):
+    for unit in ("dept-water", "dept-housing"):
+        handlers.set_unit_contact(uow, {"unit_code": unit, "webhook_url": f"https://{unit}.test/h"})
+
+    class OneDown(FakeChannel):
+        def send(self, outgoing):
+            if "dept-water" in outgoing.address.to:
+                raise ProviderDown("ConnectionError")
+            super().send(outgoing)
+    webhook = OneDown()
+    out = outside(webhook=webhook)
+    for case_no, unit in ((new_case(), "dept-water"), (new_case(), "dept-housing")):
+        for delivery_id in record(uow, dispatched(case_no, unit), policy=HELD):
+            handlers.deliver(uow, delivery_id, out, HELD)
+    assert [o.address.to for o in webhook.sent] == ["https://dept-housing.test/h"]
+
+
+# --- crashes ------------------------------------------------------------------------------------------
+
+def test_an_interrupted_send_on_a_channel_that_drops_repeats_is_sent_again(uow):
     case_no = new_case()
     [delivery_id] = record(uow, received(case_no))
     crashed = handlers.claim_delivery(uow, delivery_id, Policy(claim_seconds=0))  # then the process died
@@ -307,74 +319,172 @@ def test_a_delivery_left_claimed_by_a_crash_is_sent_after_its_claim_expires(uow)
     email = FakeChannel()
     out = outside(Contacts({case_no: CITIZEN}), email=email)
     assert handlers.send_due(uow, out, FAST) == [("email", "sent")]
-    assert rows(uow, case_no)[0].attempts == 2
+    log = handlers.get_delivery(uow, delivery_id)
+    assert [a["outcome"] for a in log["attempt_log"]] == ["interrupted", "sent"]
     # the crashed sender's late outcome does not overwrite the one that superseded it
-    assert handlers.record_outcome(uow, crashed, handlers.Outcome("failed", error="x"), FAST) is None
-    assert rows(uow, case_no)[0].status == "sent"
-    assert len(email.sent) == 1
+    assert handlers.record_outcome(uow, crashed, handlers.Outcome("failed", error="x"), FAST).status is None
+    assert [o.delivery_id for o in email.sent] == [delivery_id]  # same id: receivers drop a repeat
+
+
+def test_an_interrupted_sms_is_not_sent_twice_but_dead_listed_and_fallen_back(uow):
+    case_no = new_case()
+    [delivery_id] = record(uow, received(case_no), available=("sms", "email"))
+    handlers.claim_delivery(uow, delivery_id, Policy(claim_seconds=0))  # died after the gateway took it?
+    sms, email = FakeChannel(), FakeChannel()
+    out = outside(Contacts({case_no: CITIZEN}), sms=sms, email=email)
+    assert handlers.send_due(uow, out, FAST) == [("email", "sent")]
+    assert sms.sent == []
+    dead = handlers.get_delivery(uow, delivery_id)
+    assert (dead["status"], dead["last_error"]) == ("failed", "interrupted: outcome unknown")
+    assert [d["delivery_id"] for d in handlers.failed_deliveries(uow)] == [delivery_id]
 
 
 def test_only_one_sender_wins_a_claim(uow):
     [delivery_id] = record(uow, received(new_case()))
     assert handlers.claim_delivery(uow, delivery_id, FAST) is not None
     assert handlers.claim_delivery(uow, delivery_id, FAST) is None
-    assert handlers.claim_next_due(uow, FAST) is None
+    assert handlers.claim_next_due(uow, FAST)[0] is None
 
 
 def test_skip_locked_lets_two_sweepers_take_different_deliveries(uow, db_url):
     if not db_url.startswith("postgresql"):
         pytest.skip("row locks are PostgreSQL's")
     first = record(uow, received(new_case()))[0]
-    second = record(uow, received(new_case()))[0]
+    later = new_case()
+    record(uow, dispatched(later))  # other providers (the inbox, the unit's e-mail)
     holder = unit_of_work_for("notify", metadata, db_url)
     with holder:  # another instance is in the middle of claiming the oldest delivery
         holder.session.execute(select(Delivery).where(Delivery.id == first).with_for_update())
-        claim = handlers.claim_next_due(uow, FAST)
+        claim, _ = handlers.claim_next_due(uow, FAST)
     holder.session.bind.dispose()
-    assert claim.id == second
+    assert claim.case_no == later  # not waited for; one provider's queue still goes one at a time
 
 
-# --- unit contacts ------------------------------------------------------------------------------------
+# --- preferences and quiet hours ----------------------------------------------------------------------
+
+def test_preferences_put_a_channel_first_and_hold_news_in_quiet_hours(uow):
+    first, second = new_case(), new_case()
+    record(uow, received(first))
+    all_day = "00:00-23:59"  # quiet now, whatever the time of the test
+    pref = handlers.set_preferences(uow, {"case_no": first, "channel": "sms", "quiet_hours": all_day}, "p-1")
+    assert pref == {"case_no": first, "channel": "sms", "quiet_hours": all_day}
+    assert handlers.set_preferences(uow, {"case_no": first, "channel": "email"}, "p-1") == pref  # retried call
+    assert handlers.get_preferences(uow, first) == pref
+    # another appeal of the same citizen: SMS first, held to the end of the quiet hours
+    assert record(uow, received(second), available=("email", "sms")) == []
+    [held] = citizen_rows(uow, second)
+    assert (held.channel, held.fallback) == ("sms", ["email"])
+    assert handlers._aware(held.next_attempt_at) > datetime.now(timezone.utc)
+    # urgent news is not held
+    urgent = domain_rules_with_urgent_result()
+    ids = handlers.record_event(uow, "notify.test", resolved(second), urgent, ("sms", "email"), FAST)
+    assert len(ids) == 1
+
+
+def domain_rules_with_urgent_result():
+    from notify.domain import parse_rules
+    return parse_rules({"order_resolved": [{"recipient": "citizen", "channels": ["sms", "email"],
+                                            "urgent": True, "fields": ["order_no", "resolution", "resolved_at"]}]})
+
+
+def test_preferences_of_an_unknown_case_or_with_bad_hours(uow):
+    with pytest.raises(NotFound):
+        handlers.set_preferences(uow, {"case_no": new_case(), "channel": "sms"})
+    case_no = new_case()
+    record(uow, received(case_no))
+    with pytest.raises(ValidationError) as err:
+        handlers.set_preferences(uow, {"case_no": case_no, "quiet_hours": "22-7"})
+    assert "quiet_hours" in err.value.fields
+
+
+# --- subscribers --------------------------------------------------------------------------------------
+
+def test_a_subscriber_gets_the_events_it_chose_and_only_its_units(uow):
+    everything = handlers.subscribe(uow, {"url": "https://bigdata.test/in", "name": "大数据局",
+                                          "event_types": ["order_dispatched"]}, "s-1")
+    assert len(everything["secret"]) == 64
+    assert handlers.subscribe(uow, {"url": "https://bigdata.test/in", "event_types": ["order_dispatched"]},
+                              "s-1") == everything
+    water = handlers.subscribe(uow, {"url": "https://water.test/in", "event_types": ["order_dispatched"],
+                                     "unit_code": "dept-water", "secret": "w" * 40})
+    assert "secret" not in water
+    case_no = new_case()
+    webhook = FakeChannel()
+    for delivery_id in record(uow, dispatched(case_no, "dept-housing")):
+        handlers.deliver(uow, delivery_id, outside(webhook=webhook), FAST)
+    [sent] = webhook.sent
+    assert (sent.recipient, sent.address.to) == (f"subscriber:{everything['subscriber_id']}", "https://bigdata.test/in")
+    assert sent.data["order_no"] == f"GD{case_no[2:]}" and sent.message.subject == ""
+    more = handlers.subscribe(uow, {"subscriber_id": water["subscriber_id"], "event_types": ["order_closed"]})
+    assert more["event_types"] == ["order_closed", "order_dispatched"]
+    assert [s["name"] for s in handlers.list_subscribers(uow)] == ["大数据局", "https://water.test/in"]
+
+
+def test_unsubscribing_skips_what_was_waiting(uow):
+    sub = handlers.subscribe(uow, {"url": "https://x.test/in", "event_types": ["order_dispatched", "order_closed"]})
+    assert handlers.unsubscribe(uow, sub["subscriber_id"], ["order_closed"])["event_types"] == ["order_dispatched"]
+    case_no = new_case()
+    record(uow, dispatched(case_no))
+    assert handlers.unsubscribe(uow, sub["subscriber_id"]) is None
+    [waiting] = [r for r in rows(uow, case_no) if r.recipient_kind == "subscriber"]
+    assert (waiting.status, waiting.reason) == ("skipped", "unsubscribed")
+    with pytest.raises(NotFound):
+        handlers.unsubscribe(uow, sub["subscriber_id"])
+    with pytest.raises(ValidationError):
+        handlers.subscribe(uow, {"url": "https://x.test/in", "event_types": ["no_such_event"]})
+
+
+# --- inbox --------------------------------------------------------------------------------------------
+
+def test_the_unit_reads_its_inbox_and_marks_it_read(uow, db_url):
+    from notify.channels import InboxChannel
+    engine = make_engine(db_url)
+    case_no = new_case()
+    for delivery_id in record(uow, dispatched(case_no)):
+        handlers.deliver(uow, delivery_id, outside(inbox=InboxChannel(engine)), FAST)
+    engine.dispose()
+    [message] = handlers.inbox(uow, "dept-housing", unread_only=True)
+    assert message["subject"] == f"【派单通知】工单 GD{case_no[2:]}：小区路灯不亮"
+    assert message["text"].startswith("区住房和城乡建设局：")
+    assert handlers.mark_read(uow, "dept-housing", [message["message_id"]]) == 1
+    assert handlers.mark_read(uow, "dept-housing") == 0
+    assert handlers.inbox(uow, "dept-housing", unread_only=True) == []
+    assert handlers.inbox(uow, "dept-housing")[0]["read_at"] is not None
+    with pytest.raises(NotFound):
+        handlers.inbox(uow, "dept-nowhere")
+
+
+# --- replay and the staff directory -------------------------------------------------------------------
+
+def test_replay_sends_a_dead_delivery_again_with_the_same_id(uow):
+    case_no = new_case()
+    [delivery_id] = record(uow, received(case_no))
+    email = FakeChannel(PermanentError("SMTP recipient refused [550]"))
+    out = outside(Contacts({case_no: CITIZEN}), email=email)
+    assert handlers.deliver(uow, delivery_id, out, FAST) == [("email", "failed")]
+    replayed = handlers.replay(uow, delivery_id, idempotency_key="r-1")
+    assert (replayed["status"], replayed["failures"]) == ("pending", 0)
+    assert handlers.replay(uow, delivery_id, idempotency_key="r-1") == replayed
+    assert handlers.deliver(uow, delivery_id, out, FAST) == [("email", "sent")]
+    assert [o.delivery_id for o in email.sent] == [delivery_id]
+    with pytest.raises(InvalidTransition):
+        handlers.replay(uow, delivery_id)
+
 
 def test_set_unit_contact_makes_a_secret_once_and_keeps_it(uow):
-    first = handlers.set_unit_contact(uow, {"unit_code": "dept-housing",
-                                            "webhook_url": "http://127.0.0.1:9/hook"}, "k-1")
-    assert len(first["webhook_secret"]) == 64 and first["webhook_secret_set"]
-    assert handlers.set_unit_contact(uow, {"unit_code": "dept-housing",
-                                           "webhook_url": "http://127.0.0.1:9/hook"}, "k-1") == first
+    first = handlers.set_unit_contact(uow, {"unit_code": "dept-housing", "webhook_url": "http://127.0.0.1:9/h",
+                                            "phone": "13900000000"}, "k-1")
+    assert len(first["webhook_secret"]) == 64 and first["webhook_secret_set"] and first["phone_set"]
     changed = handlers.set_unit_contact(uow, {"unit_code": "dept-housing", "email": "zj@yc.test"})
-    assert "webhook_secret" not in changed  # shown once only
-    with uow:
-        unit = uow.session.get(UnitContact, "dept-housing")
-        assert (unit.email, unit.webhook_secret) == ("zj@yc.test", first["webhook_secret"])
-
-
-def test_set_unit_contact_with_own_secret_and_removal(uow):
-    result = handlers.set_unit_contact(uow, {"unit_code": "town-370404001", "webhook_url":
-                                             "https://town.test/h", "webhook_secret": "s" * 40})
-    assert "webhook_secret" not in result and result["webhook_secret_set"]
-    removed = handlers.set_unit_contact(uow, {"unit_code": "town-370404001", "webhook_url": ""})
+    assert "webhook_secret" not in changed
+    removed = handlers.set_unit_contact(uow, {"unit_code": "dept-housing", "webhook_url": ""})
     assert (removed["webhook_url"], removed["webhook_secret_set"]) == (None, False)
+    with pytest.raises(ValidationError):
+        handlers.set_unit_contact(uow, {"unit_code": "dept-housing", "phone": "12345"})
 
 
-@pytest.mark.parametrize("payload, field", [
-    ({"unit_code": "dept-housing", "webhook_url": "ftp://x.test/h"}, "webhook_url"),
-    ({"unit_code": "dept-housing", "email": "not-an-address"}, "email"),
-    ({"unit_code": "dept-housing", "webhook_secret": "short"}, "webhook_secret"),
-])
-def test_set_unit_contact_rejects_bad_input(uow, payload, field):
-    with pytest.raises(ValidationError) as err:
-        handlers.set_unit_contact(uow, payload)
-    assert field in err.value.fields
-
-
-def test_set_unit_contact_of_an_unknown_unit(uow):
-    with pytest.raises(NotFound):
-        handlers.set_unit_contact(uow, {"unit_code": "dept-nowhere", "email": "a@b.test"})
-
-
-def test_reloading_reference_keeps_what_a_unit_configured(uow):
+def test_reloading_the_directory_keeps_what_a_unit_configured(uow):
     handlers.set_unit_contact(uow, {"unit_code": "dept-housing", "webhook_url": "https://h.test/x"})
-    assert handlers.load_unit_contacts(uow, content.unit_contacts()) == 47
+    assert handlers.load_unit_contacts(uow, content.unit_contacts()) == 60
     view = handlers.get_unit_contact(uow, "dept-housing")
-    assert (view["webhook_url"], view["webhook_secret_set"]) == ("https://h.test/x", True)
+    assert (view["webhook_url"], view["kind"]) == ("https://h.test/x", "unit")
