@@ -322,7 +322,7 @@ def claim_next_due(uow, policy, now=None, skip=()):
     now = now or _now()
     with uow:
         s = uow.session
-        query = (select(Delivery.id).where(*_claimable(now), _provider_free(now))
+        query = (select(Delivery.id).where(*_claimable(now), _provider_free(now), _first_in_queue(now))
                  .order_by(Delivery.occurred_at, Delivery.id).limit(1).with_for_update(skip_locked=True))
         if skip:
             query = query.where(Delivery.id.not_in(list(skip)))
