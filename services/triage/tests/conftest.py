@@ -54,6 +54,16 @@ def taxonomy():
     return load_taxonomy()
 
 
+@pytest.fixture(scope="session")
+def raw_taxonomy():
+    """The shipped taxonomy file as data, to change in a copy."""
+    import yaml
+
+    from triage.dependencies import DEFAULT_TAXONOMY_PATH
+    with open(DEFAULT_TAXONOMY_PATH, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
 @pytest.fixture
 def router(taxonomy):
     """Keywords only: the tests decide routing, not whatever model file happens to be there."""
