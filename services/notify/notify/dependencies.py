@@ -37,7 +37,9 @@ class Channels(DependencyProvider):
 
     def setup(self):
         c = self.container.config
-        self.inbox_engine = make_engine(c["DB_URL"])
+        # the inbox writes in a transaction of its own, outside the delivery's; a few connections do
+        pool = {} if c["DB_URL"].startswith("sqlite") else {"pool_size": 2, "max_overflow": 8}
+        self.inbox_engine = make_engine(c["DB_URL"], **pool)
         self.channels = {
             "inbox": InboxChannel(self.inbox_engine),
             "wechat": WechatChannel(
@@ -59,6 +61,9 @@ class Channels(DependencyProvider):
         self.limiter = RateLimiter(_mapping(c.get("RATE_LIMITS")))
 
     def stop(self):
+        self.inbox_engine.dispose()
+
+    def kill(self):
         self.inbox_engine.dispose()
 
     def get_dependency(self, worker_ctx):

@@ -1,8 +1,10 @@
-"""NotifyService in a real nameko container on the real broker, with a real SMTP server, a real
-HTTP endpoint that checks signatures on its own, and intake stood in for by a real nameko service
-named "intake" (outside notify's bounded context). Events are published as the outbox relay does."""
+"""NotifyService in a real nameko container on the real broker, with real local servers: an SMTP
+server, the SMS gateway, the WeChat API and webhook endpoints that check what they receive with code
+of their own; intake is stood in for by a real nameko service named "intake" (outside notify's
+bounded context). Events are published as the outbox relay does."""
 import json
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,12 @@ from wuji_common.events import make_event
 from wuji_common.migrations import upgrade
 from wuji_common.relay import BatchPublisher
 
-from ..conftest import WebhookReceiver, wait_until
+from ..conftest import wait_until
+from ..servers.providers import WebhookSubscriber
 
 MIGRATIONS = Path(handlers.__file__).parent / "migrations"
 CONTACTS = {}  # case_no -> what intake.contact_for_notification answers
+WECHAT_KEYWORDS = {"TPL-RECEIPT": ["thing1", "character_string2", "time3", "phrase4"]}
 
 
 class FakeIntake:
@@ -55,19 +59,24 @@ def config(amqp_uri, prepared_db, smtp_sink):
         "AMQP_URI": amqp_uri, "DB_URL": prepared_db, "EVENT_RETRY_DELAYS": [0.2, 0.5],
         "METRICS_PORT": 0, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": smtp_sink.port,
         "MAIL_FROM": "notify@demo.wuji.local", "MAIL_FROM_NAME": "峄城区社会治理服务中心",
-        "WEBHOOK_TIMEOUT": 2, "PORTAL_URL": "http://127.0.0.1:8000",
-        "DELIVERY_RETRY_DELAYS": [0.3, 0.3, 0.3], "DELIVERY_SWEEP_SECONDS": 0.2,
-        "DELIVERY_CLAIM_SECONDS": 10,
+        "WEBHOOK_TIMEOUT": 2, "SMS_TIMEOUT": 2, "WECHAT_TIMEOUT": 2, "PORTAL_URL": "http://127.0.0.1:8000",
+        "DELIVERY_MAX_ATTEMPTS": 3, "DELIVERY_RETRY_BASE_SECONDS": 0.2, "DELIVERY_RETRY_CAP_SECONDS": 0.4,
+        "PROVIDER_RETRY_BASE_SECONDS": 0.2, "PROVIDER_RETRY_CAP_SECONDS": 0.4,
+        "DELIVERY_SWEEP_SECONDS": 0.2, "DELIVERY_CLAIM_SECONDS": 10,
+        "RATE_LIMITS": {"sms": 50, "wechat": 50, "email": 50, "webhook": 200},
     }
+
+
+def start_notify(container_factory, config):
+    container_factory(FakeIntake, {"AMQP_URI": config["AMQP_URI"]}).start()
+    container = container_factory(NotifyService, config)
+    container.start()
+    return container
 
 
 @pytest.fixture
 def notify(container_factory, config):
-    intake = container_factory(FakeIntake, {"AMQP_URI": config["AMQP_URI"]})
-    intake.start()
-    container = container_factory(NotifyService, config)
-    container.start()
-    return container
+    return start_notify(container_factory, config)
 
 
 @pytest.fixture
@@ -90,10 +99,11 @@ def new_case():
     return f"YC20261125{uuid.uuid4().int % 10**6:06d}"
 
 
-def received(case_no, anonymous=False):
+def received(case_no, anonymous=False, at=None):
     return make_event("appeal_received", case_no, {
-        "channel": "web", "title": "小区路灯<不亮>", "content": "门口路灯坏了", "town_code": "370404001",
-        "anonymous": anonymous, "received_at": "2026-11-25T02:00:00+00:00"})
+        "channel": "wechat", "title": "小区路灯<不亮>", "content": "门口路灯坏了", "town_code": "370404001",
+        "anonymous": anonymous, "citizen_ref": None if anonymous else f"ref-{case_no}",
+        "received_at": "2026-11-25T02:00:00+00:00"}, occurred_at=at)
 
 
 def dispatched(case_no, unit_code="dept-housing"):
@@ -105,15 +115,8 @@ def dispatched(case_no, unit_code="dept-housing"):
         "title": "小区路灯不亮"})
 
 
-def resolved(case_no):
-    return make_event("order_resolved", case_no, {
-        "order_no": f"GD{case_no[2:]}", "unit_code": "dept-housing", "town_code": "370404001",
-        "category": "housing", "status": "resolved", "resolution": "已更换灯泡",
-        "resolved_at": "2026-11-26T08:00:00+00:00", "within_deadline": True})
-
-
-def log_of(rpc_notify, case_no, channel):
-    return [d for d in rpc_notify.deliveries(case_no) if d["channel"] == channel]
+def log_of(rpc_notify, case_no, channel=None):
+    return [d for d in rpc_notify.deliveries(case_no) if channel in (None, d["channel"])]
 
 
 def test_receipt_is_mailed_once_when_the_event_arrives_twice(notify, publish, rpc_notify, smtp_sink):
@@ -123,102 +126,121 @@ def test_receipt_is_mailed_once_when_the_event_arrives_twice(notify, publish, rp
     for _ in range(2):
         with entrypoint_waiter(notify, "on_appeal_received", timeout=20):
             publish(envelope)
-    [delivery] = rpc_notify.deliveries(case_no)
-    assert (delivery["status"], delivery["address"], delivery["attempts"]) == \
-        ("sent", "z***@example.com", 1)
+    [delivery] = log_of(rpc_notify, case_no)  # SMS and WeChat are not configured here: e-mail
+    assert (delivery["status"], delivery["address"], delivery["attempts"]) == ("sent", "z***@example.com", 1)
     [mail] = smtp_sink.received(Subject=case_no)
     assert mail["Message-ID"] == f"<{delivery['delivery_id']}@demo.wuji.local>"
     assert mail["X-RcptTo"] == "zhangsan@example.com"
-    assert mail["Subject"] == f"【受理回执】您的诉求已受理（受理编号 {case_no}）"
     assert "尊敬的张三，您好：" in mail.get_body(("plain",)).get_content()
     assert "小区路灯&lt;不亮&gt;" in mail.get_body(("html",)).get_content()
-    # the log is for staff: no plain contact data in it
     assert "zhangsan" not in json.dumps(rpc_notify.deliveries(case_no))
 
 
-def test_dispatch_notice_reaches_the_units_webhook_signed(notify, publish, rpc_notify, smtp_sink,
-                                                            webhook_receiver):
-    receiver = webhook_receiver()
-    unit = rpc_notify.set_unit_contact("dept-housing", webhook_url=receiver.url)
-    receiver.secret = unit["webhook_secret"]  # handed to the department once
-    receiver.start()
+@pytest.fixture
+def phone_config(config, servers):
+    """notify with the SMS gateway and the WeChat API running (the servers are started here)."""
+    sms = servers("sms").start()
+    wechat = servers("wechat", templates=WECHAT_KEYWORDS).start()
+    config.update({
+        "SMS_BASE_URL": sms.base_url, "SMS_ACCOUNT": sms.account, "SMS_SECRET": sms.secret,
+        "SMS_SIGN_NAME": sms.sign_name, "SMS_TEMPLATE_CODES": {"citizen/appeal_received": "SMS_RECEIPT"},
+        "WECHAT_API_BASE": wechat.base_url, "WECHAT_APPID": wechat.appid, "WECHAT_APPSECRET": wechat.appsecret,
+        "WECHAT_TEMPLATE_IDS": {"citizen/appeal_received": "TPL-RECEIPT"}})
+    config["servers"] = {"sms": sms, "wechat": wechat}
+    return config
+
+
+def test_citizens_are_told_on_wechat_else_by_sms(container_factory, phone_config, publish, rpc_notify):
+    sms, wechat = phone_config.pop("servers").values()
+    notify = start_notify(container_factory, phone_config)
+    follower, texter = new_case(), new_case()
+    CONTACTS[follower] = {"name": "李四", "phone": "13812345678", "email": None, "wechat_openid": "oWx1234567890"}
+    CONTACTS[texter] = {"name": "王五", "phone": "13987654321", "email": "ww@example.com", "wechat_openid": None}
+    for case_no in (follower, texter):
+        with entrypoint_waiter(notify, "on_appeal_received", timeout=20):
+            publish(received(case_no))
+    [message] = wechat.sent()
+    assert (message["touser"], message["data"]["character_string2"]["value"]) == ("oWx1234567890", follower)
+    [text] = sms.accepted()
+    assert (text["PhoneNumbers"], text["TemplateCode"]) == ("13987654321", "SMS_RECEIPT")
+    assert json.loads(text["TemplateParam"])["case_no"] == texter
+    assert [(d["channel"], d["status"], d["address"]) for d in log_of(rpc_notify, texter)] == [
+        ("wechat", "skipped", None), ("sms", "sent", "139****4321")]
+
+
+def test_sms_gateway_down_for_a_while_then_back_delivers_each_once_in_order(
+        container_factory, phone_config, publish, rpc_notify):
+    sms, _ = phone_config.pop("servers").values()
+    sms.stop()  # the gateway is away
+    notify = start_notify(container_factory, phone_config)
+    start = datetime.now(timezone.utc)
+    cases = [new_case() for _ in range(6)]
+    for i, case_no in enumerate(cases):
+        CONTACTS[case_no] = {"name": None, "phone": f"1381234{i:04d}", "email": None}
+        with entrypoint_waiter(notify, "on_appeal_received", timeout=20):
+            publish(received(case_no, at=start + timedelta(milliseconds=10 * i)))
+    down = wait_until(lambda: [p for p in rpc_notify.providers() if p["name"] == "sms" and p["queued"] == 6],
+                      what="the queue held for the gateway")
+    assert down[0]["last_error"] == "ConnectionError"
+    sms.start()  # back on the same port
+    wait_until(lambda: len(sms.accepted()) >= 6 and rpc_notify.providers() == [], what="the queue drained")
+    assert [json.loads(t["TemplateParam"])["case_no"] for t in sms.accepted()] == cases
+    for case_no in cases:
+        [delivery] = log_of(rpc_notify, case_no, "sms")
+        assert delivery["status"] == "sent" and delivery["failures"] == 0
+
+
+def test_dispatch_goes_to_the_units_inbox_and_its_signed_webhook(notify, publish, rpc_notify, servers):
+    unit = rpc_notify.set_unit_contact("dept-housing", webhook_url=WebhookSubscriber().url)
+    hook = servers("webhook", secret=unit["webhook_secret"], port=int(unit["webhook_url"].split(":")[2][:5]))
+    hook.start()
     case_no = new_case()
     publish(dispatched(case_no))
-    [request] = wait_until(lambda: receiver.requests, what="the webhook")
-    assert request.signature_ok
-    body = json.loads(request.body.decode("utf-8"))
-    assert (body["type"], body["case_no"], body["data"]["order_no"]) == \
-        ("order_dispatched", case_no, f"GD{case_no[2:]}")
-    assert body["subject"] == f"【派单通知】工单 GD{case_no[2:]}：小区路灯不亮"
-    wait_until(lambda: {d["status"] for d in rpc_notify.deliveries(case_no)} == {"sent"},
-               what="both deliveries recorded sent")
-    [hook] = log_of(rpc_notify, case_no, "webhook")
-    assert request.headers["X-Wuji-Delivery"] == hook["delivery_id"]
-    [mail] = smtp_sink.received(X_Wuji_Delivery=log_of(rpc_notify, case_no, "email")[0]["delivery_id"])
-    assert mail["X-RcptTo"] == "dept-housing@demo.wuji.local"
+    [request] = wait_until(lambda: hook.requests, what="the webhook")
+    assert request.ok  # signature and timestamp checked by the receiver
+    body = request.json()
+    assert (body["type"], body["case_no"], body["subject"]) == \
+        ("order_dispatched", case_no, f"【派单通知】工单 GD{case_no[2:]}：小区路灯不亮")
+    wait_until(lambda: {d["status"] for d in log_of(rpc_notify, case_no)} == {"sent"}, what="all sent")
+    assert {d["channel"] for d in log_of(rpc_notify, case_no)} == {"inbox", "webhook"}  # no e-mail needed
+    [message] = rpc_notify.inbox("dept-housing", unread_only=True)
+    assert message["case_no"] == case_no and message["subject"] == body["subject"]
+    assert rpc_notify.mark_read("dept-housing", [message["message_id"]]) == 1
+    assert rpc_notify.inbox("dept-housing", unread_only=True) == []
 
 
-def test_webhook_down_is_retried_and_delivered_when_it_comes_back(notify, publish, rpc_notify,
-                                                                   unused_port):
-    receiver = WebhookReceiver(port=unused_port)
-    receiver.secret = rpc_notify.set_unit_contact(
-        "town-370404001", webhook_url=receiver.url)["webhook_secret"]
+def test_subscribers_get_the_events_they_chose(notify, publish, rpc_notify, servers):
+    hook = servers("webhook")
+    sub = rpc_notify.subscribe(["order_dispatched"], url=hook.url, name="区大数据局")
+    hook.secret = sub["secret"]
+    hook.start()
+    assert [s["name"] for s in rpc_notify.subscribers()] == ["区大数据局"]
     case_no = new_case()
-    publish(dispatched(case_no, unit_code="town-370404001"))
-    wait_until(lambda: [d for d in log_of(rpc_notify, case_no, "webhook")
-                        if d["status"] == "pending" and d["last_error"] == "ConnectionError"],
-               what="a failed first attempt")
-    receiver.start()
-    try:
-        [hook] = wait_until(lambda: [d for d in log_of(rpc_notify, case_no, "webhook")
-                                     if d["status"] == "sent"], what="the retry to succeed")
-        assert hook["attempts"] >= 2
-        assert len(receiver.requests) == 1 and receiver.requests[0].signature_ok
-    finally:
-        receiver.stop()
+    publish(dispatched(case_no, "dept-water"))
+    [request] = wait_until(lambda: hook.requests, what="the subscriber's webhook")
+    assert request.ok and request.json()["data"]["unit_code"] == "dept-water"
+    assert rpc_notify.unsubscribe(sub["subscriber_id"]) is None
+    assert rpc_notify.subscribers() == []
 
 
-def test_last_failure_is_dead_listed_and_replayable(notify, publish, rpc_notify, webhook_receiver):
-    receiver = webhook_receiver(status=503)
-    receiver.secret = rpc_notify.set_unit_contact(
-        "dept-water", webhook_url=receiver.url)["webhook_secret"]
-    receiver.start()
+def test_a_permanent_refusal_is_dead_listed_falls_back_and_can_be_replayed(
+        notify, publish, rpc_notify, servers, smtp_sink):
+    hook = servers("webhook", status=410)
+    hook.secret = rpc_notify.set_unit_contact("dept-water", webhook_url=hook.url)["webhook_secret"]
+    hook.start()
     case_no = new_case()
-    publish(dispatched(case_no, unit_code="dept-water"))
-    [dead] = wait_until(lambda: [d for d in log_of(rpc_notify, case_no, "webhook")
-                                 if d["status"] == "failed"], what="the delivery to die")
-    assert (dead["attempts"], dead["last_error"]) == (4, "HTTP 503")  # 1 try + 3 retries
-    assert len(receiver.requests) == 4
+    publish(dispatched(case_no, "dept-water"))
+    [dead] = wait_until(lambda: [d for d in log_of(rpc_notify, case_no, "webhook") if d["status"] == "failed"],
+                        what="the webhook delivery to die")
+    assert dead["last_error"] == "HTTP 410"
+    [mail] = wait_until(lambda: log_of(rpc_notify, case_no, "email"), what="the fallback to e-mail")
+    assert mail["fallback_of"] == dead["delivery_id"]
+    wait_until(lambda: smtp_sink.received(X_Wuji_Delivery=mail["delivery_id"]), what="the e-mail")
     assert dead["delivery_id"] in [d["delivery_id"] for d in rpc_notify.failed()]
-    receiver.status = 200
-    replayed = rpc_notify.replay(dead["delivery_id"])
-    assert replayed["status"] == "sent"
-    assert {r.headers["X-Wuji-Delivery"] for r in receiver.requests} == {dead["delivery_id"]}
+    hook.status = 200
+    assert rpc_notify.replay(dead["delivery_id"])["status"] == "sent"
+    assert [r.headers["X-Wuji-Delivery"] for r in hook.requests] == [dead["delivery_id"]] * 2
     assert dead["delivery_id"] not in [d["delivery_id"] for d in rpc_notify.failed()]
-
-
-def test_anonymous_appeal_is_skipped(notify, publish, rpc_notify, smtp_sink):
-    case_no = new_case()
-    with entrypoint_waiter(notify, "on_appeal_received", timeout=20):
-        publish(received(case_no, anonymous=True))
-    [delivery] = rpc_notify.deliveries(case_no)
-    assert (delivery["status"], delivery["reason"], delivery["address"]) == \
-        ("skipped", "anonymous", None)
-    assert smtp_sink.received(Subject=case_no) == []
-
-
-def test_result_and_invitation_to_rate(notify, publish, rpc_notify, smtp_sink):
-    case_no, anonymous = new_case(), new_case()
-    CONTACTS[case_no] = {"name": None, "phone": "13812345678", "email": "lisi@example.com"}
-    with entrypoint_waiter(notify, "on_order_resolved", timeout=20):
-        publish(resolved(case_no))
-    with entrypoint_waiter(notify, "on_order_resolved", timeout=20):
-        publish(resolved(anonymous))  # intake answers None: no one to tell
-    [mail] = smtp_sink.received(Subject=case_no)
-    assert "请对办理结果进行评价" in mail["Subject"]
-    text = mail.get_body(("plain",)).get_content()
-    assert text.startswith("您好：") and "已更换灯泡" in text and "http://127.0.0.1:8000" in text
-    assert [d["reason"] for d in rpc_notify.deliveries(anonymous)] == ["no_contact"]
 
 
 def test_a_delivery_left_pending_by_a_crash_is_sent_on_start(container_factory, config, smtp_sink):
@@ -226,8 +248,7 @@ def test_a_delivery_left_pending_by_a_crash_is_sent_on_start(container_factory, 
     CONTACTS[case_no] = {"name": "王五", "phone": "13812345678", "email": "wangwu@example.com"}
     # reserved, then the process died before sending
     [delivery_id] = with_notify_db(config["DB_URL"], lambda uow: handlers.record_event(
-        uow, "notify.on_appeal_received", received(case_no), content.rules()))
-    container_factory(FakeIntake, {"AMQP_URI": config["AMQP_URI"]}).start()
-    container_factory(NotifyService, config).start()
+        uow, "notify.on_appeal_received", received(case_no), content.rules(), ("email",)))
+    start_notify(container_factory, config)
     [mail] = wait_until(lambda: smtp_sink.received(X_Wuji_Delivery=delivery_id), what="the mail")
     assert case_no in mail["Subject"]
