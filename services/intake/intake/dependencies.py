@@ -1,8 +1,15 @@
-"""intake's providers: its database (unit of work + outbox relay) and the citizen hash key."""
+"""intake's providers: its database (unit of work + outbox relay), the citizen hash key, and the
+Open311 settings with the service catalogue."""
+import logging
+import time
+from types import SimpleNamespace
+
 from nameko.extensions import DependencyProvider
 
 from intake.models import metadata
-from wuji_common.dependencies import Database, MetricsExporter  # noqa: F401
+from wuji_common.dependencies import BoundedRpcProxy, Database, MetricsExporter  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 
 def IntakeDatabase():
@@ -14,3 +21,46 @@ class CitizenKey(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return self.container.config["CITIZEN_KEY"]
+
+
+DEFAULT_JURISDICTION = "yicheng.zaozhuang.gov.cn"
+DEFAULT_CONTACT = "峄城区12345政务服务便民热线（演示）"
+DEFAULT_KEY_SERVICE = "API key: 向峄城区社会治理服务中心申请（演示）；见 docs/integrators.md"
+
+
+class Open311Settings(DependencyProvider):
+    """Open311 GeoReport v2 settings and the service catalogue it offers.
+
+    Config: ``OPEN311_JURISDICTION_ID`` (default yicheng.zaozhuang.gov.cn), ``OPEN311_API_KEYS``
+    (comma separated ``client:key``; none: POST requests is refused), ``OPEN311_BASE_URL`` (the public
+    URL of the endpoint, for discovery), ``OPEN311_CONTACT``, ``OPEN311_KEY_SERVICE``,
+    ``OPEN311_CATALOGUE_TTL_SECONDS`` (default 300). The catalogue is triage's (RPC
+    ``services_catalogue``), kept for the TTL; when triage does not answer, the last copy serves."""
+
+    def setup(self):
+        from intake.open311_http import parse_api_keys
+        config = self.container.config
+        self.settings = SimpleNamespace(
+            jurisdiction_id=str(config.get("OPEN311_JURISDICTION_ID") or DEFAULT_JURISDICTION),
+            api_keys=parse_api_keys(config.get("OPEN311_API_KEYS")),
+            base_url=config.get("OPEN311_BASE_URL") or None,
+            contact=str(config.get("OPEN311_CONTACT") or DEFAULT_CONTACT),
+            key_service=str(config.get("OPEN311_KEY_SERVICE") or DEFAULT_KEY_SERVICE),
+            catalogue=self._catalogue)
+        self.ttl = float(config.get("OPEN311_CATALOGUE_TTL_SECONDS", 300))
+        self._cached, self._fetched_at = None, 0.0
+
+    def _catalogue(self, fetch):
+        if self._cached is None or time.monotonic() - self._fetched_at > self.ttl:
+            try:
+                self._cached, self._fetched_at = fetch(), time.monotonic()
+            except Exception as exc:  # triage away or too slow: the last copy, if there is one
+                log.warning("service catalogue not refreshed (%s)", type(exc).__name__)
+                if self._cached is None:
+                    from intake.open311 import Open311Error
+                    raise Open311Error(503, "service catalogue temporarily unavailable; try again later") \
+                        from None
+        return self._cached
+
+    def get_dependency(self, worker_ctx):
+        return self.settings

@@ -34,8 +34,11 @@ def load(schema, payload):
         raise ValidationError("请求参数有误", err.normalized_messages()) from None
 
 
-def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None):
-    """Register an appeal (一次登记). Returns case_no, tracking_token, status."""
+def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None, on_registered=None):
+    """Register an appeal (一次登记). Returns case_no, tracking_token, status.
+
+    ``on_registered(session, appeal)``, if given, adds a channel's own record (e.g. Open311's) in the
+    same transaction, so that the appeal and that record exist together or not at all."""
     data = load(submission_schema, payload)
     with uow:
         earlier = uow.recall("submit_appeal", idempotency_key)
@@ -81,6 +84,8 @@ def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None):
             "received_at": now.isoformat(), "attachments": data["attachments"],
         })
         result = {"case_no": appeal.case_no, "tracking_token": token, "status": appeal.status}
+        if on_registered is not None:
+            on_registered(s, appeal)
         uow.remember("submit_appeal", idempotency_key, result)
         uow.commit()
         return result
@@ -183,6 +188,8 @@ def apply_order_event(uow, consumer, envelope):
         if status and at > _aware(appeal.updated_at):
             appeal.status = status
             appeal.updated_at = at
+            if data.get("resolve_due_at"):  # dispatched / reopened: the deadline now running
+                appeal.resolve_due_at = datetime.fromisoformat(data["resolve_due_at"]).astimezone(timezone.utc)
         appeal.version += 1
         s.add(TimelineEntry(case_no=case_no, at=at, status=appeal.status,
                             text=domain.timeline_text(event_type, data)))

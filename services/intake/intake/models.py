@@ -30,7 +30,10 @@ class Appeal(Base):
     status: Mapped[str] = mapped_column(String(16), default="received")
     unit_name: Mapped[str | None] = mapped_column(String(100))
     satisfaction: Mapped[str | None] = mapped_column(String(24))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # the open order's resolve deadline (限时办结), from order_dispatched / order_reopened: what the
+    # citizen can expect (Open311 expected_datetime)
+    resolve_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, default=1)
 
@@ -63,6 +66,21 @@ class Division(Base):
     name: Mapped[str] = mapped_column(String(64))
     level: Mapped[str] = mapped_column(String(16))
     parent_code: Mapped[str] = mapped_column(String(12))
+
+
+class Open311Request(Base):
+    """An appeal that came in through Open311 GeoReport v2: the service the client asked for and the
+    token of the asynchronous id flow. Only these appeals are published on Open311 ``GET requests``
+    (their submitters chose a public 311 interface; other channels' appeals stay private)."""
+    __tablename__ = "open311_requests"
+    case_no: Mapped[str] = mapped_column(ForeignKey("appeals.case_no"), primary_key=True)
+    token: Mapped[str] = mapped_column(String(36), unique=True)
+    service_code: Mapped[str] = mapped_column(String(64), index=True)
+    service_name: Mapped[str] = mapped_column(String(100))
+    service_notice: Mapped[str | None] = mapped_column(String(500))
+    client: Mapped[str] = mapped_column(String(64))  # the API key's client (never the key itself)
+    address_id: Mapped[str | None] = mapped_column(String(12))  # the division the location mapped to
+    located_by: Mapped[str] = mapped_column(String(24))  # attribute | address_id | address_string | lat_long
 
 
 metadata = Base.metadata

@@ -4,6 +4,9 @@ HTTP (citizens, JSON, UTF-8):
     POST /api/v1/appeals                      submit; optional Idempotency-Key header
     GET  /api/v1/appeals/<case_no>            status + timeline; X-Tracking-Token header or ?token=
     POST /api/v1/appeals/<case_no>/rating     rate a resolved appeal
+    GET  /api/v1/openapi.json                 OpenAPI 3 description of this HTTP API
+Open311 GeoReport v2 (intake.open311; .json or .xml): /open311/v2/discovery, services,
+services/<code>, requests (GET, POST with api_key), requests/<id>, tokens/<token>.
 RPC (department systems): submit_appeal, get_appeal (masked), contact_for_notification (notify only).
 Events in: triage's order events, projected onto the citizen's timeline (at-least-once; duplicates
 dropped by event id). Events out (via the outbox): appeal_received, appeal_rated.
@@ -14,8 +17,10 @@ from nameko.rpc import rpc
 from nameko.web.handlers import http
 from werkzeug.wrappers import Response
 
-from intake import handlers
-from intake.dependencies import CitizenKey, IntakeDatabase, MetricsExporter
+from intake import handlers, open311_http
+from intake.dependencies import (
+    BoundedRpcProxy, CitizenKey, IntakeDatabase, MetricsExporter, Open311Settings,
+)
 from wuji_common.entrypoints import event_handler
 from wuji_common.errors import EXPECTED, Forbidden, InvalidTransition, NotFound, ValidationError
 
@@ -70,6 +75,8 @@ class IntakeService:
     uow = IntakeDatabase()
     citizen_key = CitizenKey()
     metrics = MetricsExporter()
+    open311_settings = Open311Settings()
+    triage = BoundedRpcProxy("triage")  # the service catalogue (read-only) for Open311
 
     # --- HTTP: citizens -------------------------------------------------------------------------
     @http("POST", "/api/v1/appeals", expected_exceptions=EXPECTED)
@@ -96,6 +103,42 @@ class IntakeService:
         except EXPECTED as exc:
             return error_response(exc)
         return json_response(200, result)
+
+    # --- HTTP: Open311 GeoReport v2 (intake.open311; formats json and xml) ------------------------
+    def _catalogue(self):
+        return self.open311_settings.catalogue(self.triage.services_catalogue)
+
+    @http("GET", "/open311/v2/discovery.<any(json,xml):fmt>")
+    def open311_discovery(self, request, fmt):
+        return open311_http.discovery(request, fmt, self.open311_settings)
+
+    @http("GET", "/open311/v2/services.<any(json,xml):fmt>")
+    def open311_services(self, request, fmt):
+        return open311_http.services(request, fmt, self.open311_settings, self._catalogue)
+
+    @http("GET", "/open311/v2/services/<string:service_code>.<any(json,xml):fmt>")
+    def open311_service_definition(self, request, service_code, fmt):
+        return open311_http.service_definition(request, fmt, self.open311_settings, self.uow(),
+                                               self._catalogue, service_code)
+
+    @http("POST", "/open311/v2/requests.<any(json,xml):fmt>")
+    def open311_create_request(self, request, fmt):
+        """The same appeal as any other (handlers.submit_appeal); needs an API key."""
+        return open311_http.create_request(request, fmt, self.open311_settings, self.uow(),
+                                           self._catalogue, self.citizen_key)
+
+    @http("GET", "/open311/v2/requests.<any(json,xml):fmt>")
+    def open311_requests(self, request, fmt):
+        return open311_http.find_requests(request, fmt, self.open311_settings, self.uow())
+
+    @http("GET", "/open311/v2/requests/<string:service_request_id>.<any(json,xml):fmt>")
+    def open311_request(self, request, service_request_id, fmt):
+        return open311_http.get_request(request, fmt, self.open311_settings, self.uow(),
+                                        service_request_id)
+
+    @http("GET", "/open311/v2/tokens/<string:token_id>.<any(json,xml):fmt>")
+    def open311_token(self, request, token_id, fmt):
+        return open311_http.token(request, fmt, self.open311_settings, self.uow(), token_id)
 
     # --- RPC: department systems ---------------------------------------------------------------
     @rpc(expected_exceptions=EXPECTED, sensitive_arguments=("appeal.citizen",))
