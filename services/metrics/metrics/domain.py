@@ -27,6 +27,10 @@ an order or appeal is counted in the group of its own town, unit or category):
 - satisfaction_rate (满意率) = satisfied ÷ rated.
 - reopened: of the resolved orders, those reopened (返工) at least once (by now).
 - rework_rate (返工率) = reopened ÷ resolved.
+- cross_level: cross-level petitions (越级访) flagged by triage in the window (by the event's time;
+  grouped by the appeal's town, the lower unit it was sent down to, or its category).
+- cross_level_rate (越级访率) = cross_level ÷ appeals. The district's headline KPI: ask for a
+  calendar month (start..end) to get it per town and month.
 A rate is None (not 0) when its denominator is 0.
 """
 from dataclasses import dataclass
@@ -48,7 +52,8 @@ _RANK = {"appeal_received": 0, "whistle_blown": 1, "order_dispatched": 2, "order
          "order_resolved": 8, "appeal_rated": 9, "order_reopened": 10, "order_closed": 11}
 
 COUNTS = ("appeals", "orders", "due_for_acceptance", "accepted_on_time", "resolved",
-          "resolved_on_time", "rated", "satisfied", "reopened")
+          "resolved_on_time", "rated", "satisfied", "reopened", "cross_level")
+CROSS_LEVEL_EVENT = "cross_level_petition_detected"
 
 
 # --- instants ---------------------------------------------------------------------------------
@@ -255,10 +260,16 @@ def rework_rate(row):
     return ratio(row["reopened"], row["resolved"])
 
 
+def cross_level_rate(row):
+    """越级访率: cross-level petitions ÷ appeals received in the window."""
+    return ratio(row["cross_level"], row["appeals"])
+
+
 def kpi_row(group, counts, name=None):
     row = {"group": group, "name": name, **{c: int(counts.get(c, 0) or 0) for c in COUNTS}}
     row.update(response_rate=response_rate(row), on_time_resolution_rate=on_time_resolution_rate(row),
-               satisfaction_rate=satisfaction_rate(row), rework_rate=rework_rate(row))
+               satisfaction_rate=satisfaction_rate(row), rework_rate=rework_rate(row),
+               cross_level_rate=cross_level_rate(row))
     return row
 
 

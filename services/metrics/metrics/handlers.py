@@ -182,7 +182,8 @@ def kpis(uow, start, end, group_by, tz="Asia/Shanghai", now=None):
 def _kpi_counts(s, key, window, now):
     """{group: {count name: n}}: the KPI counts of each group over the window (SQL)."""
     counts = {}
-    for group, row in (*_order_counts(s, key, window, now), *_appeal_counts(s, key, window)):
+    for group, row in (*_order_counts(s, key, window, now), *_appeal_counts(s, key, window),
+                       *_cross_level_counts(s, key, window)):
         counts.setdefault(group, {}).update(row)
     return counts
 
@@ -241,6 +242,15 @@ def _appeal_counts(s, key, window):
             .where(or_(_within(a.received_at, window), rated))
             .group_by(group))
     return [(row[0], dict(zip(("appeals", "rated", "satisfied"), row[1:]))) for row in s.execute(stmt)]
+
+
+def _cross_level_counts(s, key, window):
+    """越级访 per group, from triage's cross_level_petition_detected events in the log."""
+    e = EventLog
+    group = getattr(e, key)
+    stmt = (select(group, func.count()).where(e.type == domain.CROSS_LEVEL_EVENT,
+                                              _within(e.occurred_at, window)).group_by(group))
+    return [(row[0], {"cross_level": row[1]}) for row in s.execute(stmt)]
 
 
 def group_names(group_by):

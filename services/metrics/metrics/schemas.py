@@ -42,3 +42,5 @@ class KpiRowSchema(Schema):
     satisfaction_rate = fields.Float(allow_none=True)
     reopened = fields.Integer()
     rework_rate = fields.Float(allow_none=True)
+    cross_level = fields.Integer()                  # 越级访
+    cross_level_rate = fields.Float(allow_none=True)

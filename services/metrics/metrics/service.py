@@ -3,7 +3,7 @@
 Events in: every event of the catalogue (intake, triage, enforcement), at-least-once; duplicates are
 dropped by event id in the same transaction as their effect. Each is kept in the event log and
 folded into the appeal and order facts.
-RPC: kpis(start, end, group_by) — 响应率, 按时办结率, 满意率, 返工率 per town, unit or category;
+RPC: kpis(start, end, group_by) — 响应率, 按时办结率, 满意率, 返工率, 越级访 per town, unit or category;
 event_count(event_type=None); rebuild() — replays the event log into fresh facts.
 Prometheus: the domain series, recomputed from the database every REFRESH_SECONDS (and at start),
 plus wuji_common's entrypoint series, on METRICS_PORT.
@@ -91,6 +91,10 @@ class MetricsService:
     @event_handler("triage", "order_closed")
     def on_order_closed(self, envelope):
         self._record(envelope, "on_order_closed")
+
+    @event_handler("triage", "cross_level_petition_detected")
+    def on_cross_level_petition_detected(self, envelope):
+        self._record(envelope, "on_cross_level_petition_detected")
 
     @event_handler("enforcement", "whistle_blown")
     def on_whistle_blown(self, envelope):

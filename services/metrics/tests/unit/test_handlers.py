@@ -320,3 +320,38 @@ def test_unit_category_close_and_report_in_overdue_series(metrics_db, story):
         assert line in lines, line
     # the month so far at NOW (June) saw nothing of March
     assert not [line for line in lines if line.startswith("wuji_kpi_count{") and not line.endswith(" 0.0")]
+
+
+def test_cross_level_petitions_are_counted_per_town_and_month(metrics_db):
+    """越级访 per town for a calendar month: triage's flags over the appeals received."""
+    from wuji_common.events import make_event
+    _, uow = metrics_db
+    yinping, tanshan = "370404101", "370404001"
+
+    def received(case_no, town, day):
+        return make_event("appeal_received", case_no, {
+            "channel": "hotline", "title": "路灯不亮", "content": "村口路灯不亮", "town_code": town,
+            "village_code": None, "anonymous": True, "citizen_ref": None,
+            "received_at": f"2026-11-{day:02d}T02:00:00+00:00"},
+            occurred_at=datetime(2026, 11, day, 2, tzinfo=timezone.utc))
+
+    def cross_level(case_no, town, day, month=11):
+        return make_event("cross_level_petition_detected", case_no, {
+            "order_no": f"GD-{case_no}", "unit_code": f"town-{town}", "town_code": town,
+            "category": "municipal", "item": "street-lights", "level": "grid",
+            "reception_level": "district", "channel": "hotline"},
+            occurred_at=datetime(2026, month, day, 2, 1, tzinfo=timezone.utc))
+
+    events = [received(f"YC{n}", yinping, 3) for n in range(4)] + [received("YC9", tanshan, 5)]
+    events += [cross_level("YC0", yinping, 3), cross_level("YC1", yinping, 3),
+               cross_level("YC8", yinping, 2, month=12)]  # December: another month
+    record_all(uow, events)
+    ts_row, yp_row, total = [r for r in handlers.kpis(uow(), "2026-11-01", "2026-11-30", "town")
+                             if r["group"] in (yinping, tanshan, "total")]
+    assert (ts_row["group"], ts_row["cross_level"], ts_row["cross_level_rate"]) == (tanshan, 0, 0.0)
+    assert (yp_row["group"], yp_row["cross_level"], yp_row["appeals"]) == (yinping, 2, 4)
+    assert yp_row["cross_level_rate"] == 0.5 and total["cross_level"] == 2
+    [_, december] = handlers.kpis(uow(), "2026-12-01", "2026-12-31", "town")
+    assert december["cross_level"] == 1 and december["cross_level_rate"] is None  # no appeals that month
+    by_unit = {r["group"]: r["cross_level"] for r in handlers.kpis(uow(), "2026-11-01", "2026-11-30", "unit")}
+    assert by_unit[f"town-{yinping}"] == 2
