@@ -19,6 +19,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -219,6 +220,8 @@ def pct(values, q):
 
 
 def main():
+    # SIGTERM (timeout, kill) must still run the clean-up below, or the services keep running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--appeals", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -252,7 +255,8 @@ def main():
         e2e = best["rate"]
         print(f"end to end, submit → order_dispatched, {args.appeals} appeals × {args.repeats} runs, "
               f"{args.concurrency} clients: median {e2e:,.1f} appeals/s  "
-              f"(runs: {', '.join(f'{r['rate']:,.1f}' for r in runs)}; missing {best['missing']})", flush=True)
+              f"(runs: {', '.join(format(r['rate'], ',.1f') for r in runs)}; missing {best['missing']})",
+              flush=True)
 
         half = e2e / 2
         paced = run_phase(platform, max(100, int(half * args.latency_seconds)), args.concurrency, rate=half)

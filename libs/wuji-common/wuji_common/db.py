@@ -50,8 +50,11 @@ def make_engine(url, **kwargs):
 
         return engine
     if "poolclass" not in kwargs:
-        kwargs.setdefault("pool_size", 20)
-        kwargs.setdefault("max_overflow", 10)
+        # a worker holds at most one connection, so bursts up to max_workers are covered by the
+        # overflow; few idle connections are kept, so that five services (and their replicas)
+        # stay well within PostgreSQL's default of 100 connections
+        kwargs.setdefault("pool_size", 4)
+        kwargs.setdefault("max_overflow", 12)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
 
