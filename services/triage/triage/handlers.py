@@ -38,6 +38,7 @@ from wuji_common.events import CATALOGUE, CHINA_TIME
 from wuji_common.privacy import redact_text
 
 CONFLICT_ATTEMPTS = 3
+MAX_NEIGHBOURS = 200  # the most similar recent appeals looked at to cluster a hot spot
 
 order_schema = OrderSchema()
 summary_schema = OrderSummarySchema(many=True)
@@ -97,7 +98,7 @@ def dispatch_appeal(uow, router, consumer, envelope, now=None, index=None):
     signature = index.signature(title, content) if index is not None else None
     neighbours = index.neighbours(
         signature, data["town_code"], received_at - timedelta(hours=detection.hotspot_window_hours),
-        detection.hotspot_min_similarity, exclude=case_no) if index is not None else []
+        detection.hotspot_min_similarity, exclude=case_no)[:MAX_NEIGHBOURS] if index is not None else []
     now = now or domain.utcnow()
     with uow:
         if not uow.first_delivery(consumer, envelope["event_id"]):
