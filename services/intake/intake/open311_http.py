@@ -120,6 +120,9 @@ def render(fmt, payload, root, item=None, status=200):
 
 
 def _answer(fmt, root, item, produce):
+    if fmt not in CONTENT_TYPES:
+        return render("json", [{"code": 404, "description": f"format {fmt[:20]} not supported: json or xml"}],
+                      "errors", "error", 404)
     try:
         payload = produce()
     except Open311Error as exc:

@@ -107,3 +107,26 @@ class StaffAppealSchema(Schema):
     received_at = fields.DateTime()
     citizen = fields.Dict(allow_none=True)  # masked name/phone/id_number
     timeline = fields.List(fields.Nested(TimelineEntrySchema))
+
+
+# --- answers of the citizen API (documented in the OpenAPI description, intake.openapi) ----------
+
+class AppealReceiptSchema(Schema):
+    """``POST /api/v1/appeals`` (201): keep the tracking token, it is shown once."""
+    case_no = fields.String(required=True)
+    tracking_token = fields.String(required=True)
+    status = fields.String(required=True)
+
+
+class RatingResultSchema(Schema):
+    case_no = fields.String(required=True)
+    status = fields.String(required=True)
+    satisfaction = fields.String(required=True, validate=validate.OneOf(SATISFACTION))
+
+
+class ApiErrorSchema(Schema):
+    """Every 4xx of the citizen API: a code word, a message in Chinese, and the fields at fault."""
+    error = fields.String(required=True, validate=validate.OneOf(
+        ("validation_error", "not_found", "invalid_state", "forbidden")))
+    message = fields.String(required=True)
+    fields_ = fields.Dict(data_key="fields", metadata={"description": "field → messages (400 only)"})

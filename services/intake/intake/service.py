@@ -17,7 +17,7 @@ from nameko.rpc import rpc
 from nameko.web.handlers import http
 from werkzeug.wrappers import Response
 
-from intake import handlers, open311_http
+from intake import handlers, open311_http, openapi
 from intake.dependencies import (
     BoundedRpcProxy, CitizenKey, IntakeDatabase, MetricsExporter, Open311Settings,
 )
@@ -104,39 +104,44 @@ class IntakeService:
             return error_response(exc)
         return json_response(200, result)
 
+    @http("GET", "/api/v1/openapi.json")
+    def get_openapi(self, request):
+        """The OpenAPI 3 description of this HTTP API (intake.openapi)."""
+        return json_response(200, openapi.document_for(request.host_url))
+
     # --- HTTP: Open311 GeoReport v2 (intake.open311; formats json and xml) ------------------------
     def _catalogue(self):
         return self.open311_settings.catalogue(self.triage.services_catalogue)
 
-    @http("GET", "/open311/v2/discovery.<any(json,xml):fmt>")
+    @http("GET", "/open311/v2/discovery.<string:fmt>")
     def open311_discovery(self, request, fmt):
         return open311_http.discovery(request, fmt, self.open311_settings)
 
-    @http("GET", "/open311/v2/services.<any(json,xml):fmt>")
+    @http("GET", "/open311/v2/services.<string:fmt>")
     def open311_services(self, request, fmt):
         return open311_http.services(request, fmt, self.open311_settings, self._catalogue)
 
-    @http("GET", "/open311/v2/services/<string:service_code>.<any(json,xml):fmt>")
+    @http("GET", "/open311/v2/services/<string:service_code>.<string:fmt>")
     def open311_service_definition(self, request, service_code, fmt):
         return open311_http.service_definition(request, fmt, self.open311_settings, self.uow(),
                                                self._catalogue, service_code)
 
-    @http("POST", "/open311/v2/requests.<any(json,xml):fmt>")
+    @http("POST", "/open311/v2/requests.<string:fmt>")
     def open311_create_request(self, request, fmt):
         """The same appeal as any other (handlers.submit_appeal); needs an API key."""
         return open311_http.create_request(request, fmt, self.open311_settings, self.uow(),
                                            self._catalogue, self.citizen_key)
 
-    @http("GET", "/open311/v2/requests.<any(json,xml):fmt>")
+    @http("GET", "/open311/v2/requests.<string:fmt>")
     def open311_requests(self, request, fmt):
         return open311_http.find_requests(request, fmt, self.open311_settings, self.uow())
 
-    @http("GET", "/open311/v2/requests/<string:service_request_id>.<any(json,xml):fmt>")
+    @http("GET", "/open311/v2/requests/<string:service_request_id>.<string:fmt>")
     def open311_request(self, request, service_request_id, fmt):
         return open311_http.get_request(request, fmt, self.open311_settings, self.uow(),
                                         service_request_id)
 
-    @http("GET", "/open311/v2/tokens/<string:token_id>.<any(json,xml):fmt>")
+    @http("GET", "/open311/v2/tokens/<string:token_id>.<string:fmt>")
     def open311_token(self, request, token_id, fmt):
         return open311_http.token(request, fmt, self.open311_settings, self.uow(), token_id)
 

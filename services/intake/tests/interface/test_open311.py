@@ -8,36 +8,23 @@ formats: an XML answer is turned into the same structure and checked the same wa
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
 import requests
 from jsonschema import Draft7Validator, FormatChecker
-from nameko.containers import ServiceContainer
 from nameko.standalone.rpc import ClusterRpcProxy
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 from sqlalchemy import func, select
 
-from intake import handlers as intake_handlers
-from intake.models import Appeal, metadata as intake_metadata
-from intake.service import IntakeService
-from triage import handlers as triage_handlers
-from triage.models import metadata as triage_metadata
-from triage.service import TriageService
-from wuji_common import reference
-from wuji_common.db import UnitOfWork, make_engine, session_factory
-from wuji_common.migrations import upgrade
-from wuji_common.testing import AMQP_HOST, _rabbitmqctl
-from wuji_common.testing_helpers import EventTap, free_port
-from wuji_common.topology import declare
+from intake.models import Appeal
+from wuji_common.testing_helpers import EventTap
 
 ROOT = Path(__file__).resolve().parents[4]
 SCHEMAS = Path(os.environ.get("WUJI_OPEN311_SCHEMAS", ROOT.parent / "shared" / "open311"))
 BASE_URI = "https://schemas.open311.test/georeport-v2/"
-API_KEY = "test-key-" + uuid.uuid4().hex[:8]
 JURISDICTION = "yicheng.zaozhuang.gov.cn"
 YINPING, JINSI = "370404101", "370404101201"
 
@@ -70,48 +57,6 @@ def schema():
     return validate
 
 
-@pytest.fixture(scope="module")
-def amqp_uri(amqp_vhost):
-    """A vhost of this module's own: its queues' retry settings differ from other suites' ones."""
-    vhost = f"{amqp_vhost}-open311"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"{AMQP_HOST}/{vhost}"
-    _rabbitmqctl("delete_vhost", vhost)
-
-
-@pytest.fixture(scope="module")
-def platform(amqp_uri, tmp_path_factory):
-    """intake (with the Open311 endpoint) and triage (routing, the catalogue) as running containers."""
-    folder = tmp_path_factory.mktemp("open311")
-    urls = {s: f"sqlite:///{folder / s}.db" for s in ("intake", "triage")}
-    services = Path(__file__).resolve().parents[3]
-    upgrade(services / "intake" / "intake" / "migrations", urls["intake"])
-    upgrade(services / "triage" / "triage" / "migrations", urls["triage"])
-    engines = {s: make_engine(u) for s, u in urls.items()}
-    intake_uow = lambda: UnitOfWork(session_factory(engines["intake"]), intake_metadata, "intake")  # noqa: E731
-    intake_handlers.load_divisions(intake_uow(), list(reference.divisions()))
-    triage_handlers.load_reference(UnitOfWork(session_factory(engines["triage"]), triage_metadata, "triage"),
-                                   list(reference.divisions()), list(reference.units()))
-    port = free_port()
-    common = {"AMQP_URI": amqp_uri, "METRICS_PORT": 0, "EVENT_RETRY_DELAYS": [0.2, 0.5],
-              "OUTBOX_POLL_SECONDS": 0.2}
-    declare(amqp_uri, [IntakeService, TriageService], retry_delays=[0.2, 0.5])
-    containers = [
-        ServiceContainer(TriageService, {**common, "DB_URL": urls["triage"], "CLASSIFIER": "off"}),
-        ServiceContainer(IntakeService, {**common, "DB_URL": urls["intake"], "CITIZEN_KEY": "k",
-                                         "WEB_SERVER_ADDRESS": f"127.0.0.1:{port}",
-                                         "OPEN311_API_KEYS": f"test-client:{API_KEY}"}),
-    ]
-    for container in containers:
-        container.start()
-    yield {"base": f"http://127.0.0.1:{port}/open311/v2", "uow": intake_uow, "config": common}
-    for container in containers:
-        container.stop()
-    for engine in engines.values():
-        engine.dispose()
-
-
 def xml_as_json(text):
     """An Open311 XML answer as the JSON one would be: lists of members, typed scalars."""
     root = ElementTree.fromstring(text.encode("utf-8"))
@@ -140,19 +85,25 @@ def xml_as_json(text):
     return value(root)
 
 
-def get(platform, path, fmt="json", **params):
-    response = requests.get(f"{platform['base']}/{path}.{fmt}", params=params, timeout=10)
-    return response, (response.json() if fmt == "json" else xml_as_json(response.text))
+def get(api, path, fmt="json", **params):
+    response = requests.get(f"{api['base']}/{path}.{fmt}", params=params, timeout=10)
+    return response, parsed(response)
 
 
-def post(platform, fmt="json", headers=None, **form):
-    form.setdefault("api_key", API_KEY)
-    response = requests.post(f"{platform['base']}/requests.{fmt}", data=form, headers=headers, timeout=10)
-    return response, (response.json() if fmt == "json" else xml_as_json(response.text))
+def parsed(response):
+    if response.headers["Content-Type"].startswith("application/json"):
+        return response.json()
+    return xml_as_json(response.text)
 
 
-def appeals(platform):
-    with platform["uow"]() as u:
+def post(api, fmt="json", headers=None, **form):
+    form.setdefault("api_key", api["api_key"])
+    response = requests.post(f"{api['base']}/requests.{fmt}", data=form, headers=headers, timeout=10)
+    return response, parsed(response)
+
+
+def appeals(api):
+    with api["uow"]() as u:
         return u.session.execute(select(func.count()).select_from(Appeal)).scalar_one()
 
 
@@ -167,8 +118,8 @@ def eventually(probe, timeout=15):
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
-def test_discovery_names_the_endpoint_and_its_formats(platform, fmt):
-    response, doc = get(platform, "discovery", fmt)
+def test_discovery_names_the_endpoint_and_its_formats(intake_and_triage, fmt):
+    response, doc = get(intake_and_triage, "discovery", fmt)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith({"json": "application/json", "xml": "text/xml"}[fmt])
     assert {"changeset", "contact", "key_service", "endpoints"} <= set(doc)
@@ -179,11 +130,11 @@ def test_discovery_names_the_endpoint_and_its_formats(platform, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
-def test_get_services_lists_the_taxonomy_items(platform, schema, fmt):
-    response, services = get(platform, "services", fmt, jurisdiction_id=JURISDICTION)
+def test_get_services_lists_the_taxonomy_items(intake_and_triage, schema, fmt):
+    response, services = get(intake_and_triage, "services", fmt, jurisdiction_id=JURISDICTION)
     assert response.status_code == 200
     schema(services, "services")
-    with ClusterRpcProxy(platform["config"], timeout=10) as rpc:
+    with ClusterRpcProxy(intake_and_triage["config"], timeout=10) as rpc:
         catalogue = rpc.triage.services_catalogue()
     assert [s["service_code"] for s in services] == [i["code"] for i in catalogue["items"]]
     road = next(s for s in services if s["service_code"] == "road-damage")
@@ -194,8 +145,8 @@ def test_get_services_lists_the_taxonomy_items(platform, schema, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
-def test_get_service_definition_has_the_location_attributes(platform, schema, fmt):
-    response, definition = get(platform, "services/road-damage", fmt)
+def test_get_service_definition_has_the_location_attributes(intake_and_triage, schema, fmt):
+    response, definition = get(intake_and_triage, "services/road-damage", fmt)
     assert response.status_code == 200
     schema(definition, "service_definition")
     attributes = {a["code"]: a for a in definition["attributes"]}
@@ -203,40 +154,41 @@ def test_get_service_definition_has_the_location_attributes(platform, schema, fm
     assert attributes["town"]["datatype"] == "singlevaluelist" and attributes["town"]["variable"] is True
     assert {"key": YINPING, "name": "阴平镇"} in attributes["town"]["values"]
     assert attributes["privacy_notice"]["variable"] is False  # information only
-    response, errors = get(platform, "services/no-such-service", fmt)
+    response, errors = get(intake_and_triage, "services/no-such-service", fmt)
     assert response.status_code == 404 and errors[0]["code"] == 404
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
-def test_errors_use_the_specifications_format_and_codes(platform, fmt):
-    before = appeals(platform)
+def test_errors_use_the_specifications_format_and_codes(intake_and_triage, fmt):
+    before = appeals(intake_and_triage)
     cases = [
-        (lambda: post(platform, fmt, api_key="wrong", service_code="road-damage", address_id=YINPING,
+        (lambda: post(intake_and_triage, fmt, api_key="wrong", service_code="road-damage", address_id=YINPING,
                       description="路面坑洼"), 403),
-        (lambda: post(platform, fmt, api_key="", service_code="road-damage", address_id=YINPING,
+        (lambda: post(intake_and_triage, fmt, api_key="", service_code="road-damage", address_id=YINPING,
                       description="路面坑洼"), 403),
-        (lambda: post(platform, fmt, jurisdiction_id="other.gov", service_code="road-damage",
+        (lambda: post(intake_and_triage, fmt, jurisdiction_id="other.gov", service_code="road-damage",
                       address_id=YINPING, description="路面坑洼"), 404),
-        (lambda: post(platform, fmt, description="路面坑洼", address_id=YINPING), 400),  # no service_code
-        (lambda: post(platform, fmt, service_code="road-damage", description="路面坑洼"), 400),  # no location
-        (lambda: get(platform, "services", fmt, jurisdiction_id="springfield.gov"), 404),
-        (lambda: get(platform, "requests", fmt, status="pending"), 400),
-        (lambda: get(platform, "requests", fmt, start_date="2026-01-01", end_date="2026-12-01"), 400),
-        (lambda: get(platform, "requests/YC19990101000001", fmt), 404),
-        (lambda: get(platform, "tokens/no-such-token", fmt), 404),
+        (lambda: post(intake_and_triage, fmt, description="路面坑洼", address_id=YINPING), 400),  # no service_code
+        (lambda: post(intake_and_triage, fmt, service_code="road-damage", description="路面坑洼"), 400),  # no location
+        (lambda: get(intake_and_triage, "services", fmt, jurisdiction_id="springfield.gov"), 404),
+        (lambda: get(intake_and_triage, "requests", fmt, status="pending"), 400),
+        (lambda: get(intake_and_triage, "requests", fmt, start_date="2026-01-01", end_date="2026-12-01"), 400),
+        (lambda: get(intake_and_triage, "requests/YC19990101000001", fmt), 404),
+        (lambda: get(intake_and_triage, "tokens/no-such-token", fmt), 404),
+        (lambda: get(intake_and_triage, "services", "csv"), 404),  # a format the spec does not have
     ]
     for call, status in cases:
         response, errors = call()
         assert response.status_code == status, response.text
         # "[{"code": 403, "description": "Invalid api_key received -- can't proceed with create_request."}]"
         assert errors and all(e["code"] == status and e["description"] for e in errors), errors
-    assert appeals(platform) == before
+    assert appeals(intake_and_triage) == before
 
 
-def test_a_request_goes_round_the_loop_and_reads_back_by_the_specification(platform, schema, amqp_uri):
-    tap = EventTap(amqp_uri, ("intake", "appeal_received"))
+def test_a_request_goes_round_the_loop_and_reads_back_by_the_specification(intake_and_triage, schema):
+    tap = EventTap(intake_and_triage["config"]["AMQP_URI"], ("intake", "appeal_received"))
     try:
-        response, created = post(platform, service_code="road-damage", lat="34.8301", long="117.4702",
+        response, created = post(intake_and_triage, service_code="road-damage", lat="34.8301", long="117.4702",
                                  description="村口路面坑洼，雨天积水，电话13812345678。", first_name="三",
                                  last_name="张", phone="13812345678", email="zs@example.com",
                                  media_url="https://img.example/road.jpg", **{"attribute[village]": JINSI})
@@ -252,13 +204,13 @@ def test_a_request_goes_round_the_loop_and_reads_back_by_the_specification(platf
         tap.close()
 
     # GET tokens/{token}: the asynchronous id flow answers the same id
-    response, tokens = get(platform, f"tokens/{created['token']}")
+    response, tokens = get(intake_and_triage, f"tokens/{created['token']}")
     assert response.status_code == 200 and schema(tokens, "token") == [
         {"service_request_id": case_no, "token": created["token"]}]
 
     # triage routes it; Open311 shows the unit and the deadline
     def dispatched():
-        _, found = get(platform, f"requests/{case_no}")
+        _, found = get(intake_and_triage, f"requests/{case_no}")
         return found[0] if found[0]["agency_responsible"] else None
     request = eventually(dispatched)
     schema([request], "requests")
@@ -267,7 +219,7 @@ def test_a_request_goes_round_the_loop_and_reads_back_by_the_specification(platf
     assert request["media_url"] == "https://img.example/road.jpg"
     assert request["address"] == "峄城区阴平镇金寺村" and "13812345678" not in request["description"]
 
-    with ClusterRpcProxy(platform["config"], timeout=10) as rpc:
+    with ClusterRpcProxy(intake_and_triage["config"], timeout=10) as rpc:
         [order] = rpc.triage.find_orders(case_no=case_no)
         assert order["unit_name"] == request["agency_responsible"]
         assert order["resolve_due_at"][:19] == _utc(request["expected_datetime"])[:19]
@@ -275,15 +227,15 @@ def test_a_request_goes_round_the_loop_and_reads_back_by_the_specification(platf
         rpc.triage.resolve_order(order["order_no"], order["unit_code"], "已修复路面", idempotency_key="r1")
 
     closed = eventually(lambda: (lambda r: r if r["status"] == "closed" else None)(
-        get(platform, f"requests/{case_no}")[1][0]))
+        get(intake_and_triage, f"requests/{case_no}")[1][0]))
     assert closed["status_notes"] == "已办结，请您评价"
     for fmt in ("json", "xml"):
-        response, found = get(platform, "requests", fmt, service_request_id=case_no)
+        response, found = get(intake_and_triage, "requests", fmt, service_request_id=case_no)
         assert response.status_code == 200
         assert schema(found, "requests")[0]["status"] == "closed"
-        response, found = get(platform, "requests", fmt, service_code="road-damage", status="closed")
+        response, found = get(intake_and_triage, "requests", fmt, service_code="road-damage", status="closed")
         assert case_no in [r["service_request_id"] for r in schema(found, "requests")]
-        response, found = get(platform, "requests", fmt, status="open")
+        response, found = get(intake_and_triage, "requests", fmt, status="open")
         assert case_no not in [r["service_request_id"] for r in schema(found, "requests")]
 
 
@@ -292,12 +244,12 @@ def _utc(text):
     return datetime.fromisoformat(text).astimezone(timezone.utc).isoformat()
 
 
-def test_xml_post_and_the_schemas_catch_a_wrong_answer(platform, schema):
-    response, created = post(platform, "xml", service_code="wage-arrears", description="工地欠薪三个月",
+def test_xml_post_and_the_schemas_catch_a_wrong_answer(intake_and_triage, schema):
+    response, created = post(intake_and_triage, "xml", service_code="wage-arrears", description="工地欠薪三个月",
                              address_string="峄城区坛山街道文化路")
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/xml")
     schema(created, "created")
-    response, found = get(platform, f"requests/{created[0]['service_request_id']}", "xml")
+    response, found = get(intake_and_triage, f"requests/{created[0]['service_request_id']}", "xml")
     schema(found, "requests")
     assert found[0]["address"] == "峄城区坛山街道" and found[0]["lat"] is None
     # the check can fail: the same answer with a wrong status or time is refused
@@ -306,9 +258,9 @@ def test_xml_post_and_the_schemas_catch_a_wrong_answer(platform, schema):
             schema([{**found[0], **wrong}], "requests")
 
 
-def test_an_idempotency_key_makes_a_retried_post_one_request(platform):
-    before = appeals(platform)
+def test_an_idempotency_key_makes_a_retried_post_one_request(intake_and_triage):
+    before = appeals(intake_and_triage)
     form = {"service_code": "road-damage", "description": "井盖缺失", "address_id": YINPING}
-    first = post(platform, headers={"Idempotency-Key": "retry-1"}, **form)[1]
-    again = post(platform, headers={"Idempotency-Key": "retry-1"}, **form)[1]
-    assert first == again and appeals(platform) == before + 1
+    first = post(intake_and_triage, headers={"Idempotency-Key": "retry-1"}, **form)[1]
+    again = post(intake_and_triage, headers={"Idempotency-Key": "retry-1"}, **form)[1]
+    assert first == again and appeals(intake_and_triage) == before + 1
