@@ -5,8 +5,8 @@
 #
 # SERVICE names the service (intake, triage, enforcement, notify, metrics); its settings come from
 # the environment through services/$SERVICE/config.yml.
-# Migrations run at every start and are idempotent; with several replicas of one service, start one
-# first (or scale after the first is healthy) so that two do not migrate at the same moment.
+# Migrations run at every start and are idempotent; on PostgreSQL an advisory lock serialises them,
+# so several replicas of one service may start at the same moment.
 set -eu
 
 : "${SERVICE:?set SERVICE to intake, triage, enforcement, notify or metrics}"

@@ -29,13 +29,15 @@ def vhost_uri(amqp_vhost):
 
 @pytest.fixture
 def run_platform(vhost_uri, tmp_path, mailbox):
-    """``run_platform(db_urls, instances=1)``: prepares the databases and queues once, then starts
+    """``run_platform(db_urls, instances=1, max_workers=None)``: prepares the databases and queues once, then starts
     ``instances`` copies of all five services (one Platform each: its own API and metrics ports,
     logs under log/<n>/); returns the list of Platforms. Everything is stopped at the end."""
     started = []
 
-    def run(db_urls, instances=1):
+    def run(db_urls, instances=1, max_workers=None):
         env = {**FAST, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(mailbox.port)}
+        if max_workers:
+            env.update({f"{service.upper()}_MAX_WORKERS": str(max_workers) for service in SERVICES})
         platforms = [Platform(vhost_uri, db_urls, tmp_path / "log" / str(n), env=env)
                      for n in range(1, instances + 1)]
         platforms[0].prepare()
