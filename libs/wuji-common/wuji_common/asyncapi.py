@@ -17,8 +17,27 @@ def _json_schemas():
     return spec.to_dict()["components"]["schemas"]
 
 
+def _nullable_as_json_schema(node):
+    """apispec writes OpenAPI 3.0's ``nullable: true``, which JSON Schema (and so AsyncAPI's schema
+    object) does not know: a validator would refuse the nulls the services send. Say it the JSON
+    Schema way, ``type: [<type>, "null"]``."""
+    if isinstance(node, list):
+        return [_nullable_as_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _nullable_as_json_schema(value) for key, value in node.items()}
+    if node.pop("nullable", False):
+        if isinstance(node.get("type"), str):
+            node["type"] = [node["type"], "null"]
+        elif "anyOf" in node:
+            node["anyOf"] = node["anyOf"] + [{"type": "null"}]
+        if "enum" in node and None not in node["enum"]:
+            node["enum"] = node["enum"] + [None]
+    return node
+
+
 def asyncapi_document(version="1.0.0"):
-    schemas = _json_schemas()
+    schemas = _nullable_as_json_schema(_json_schemas())
     channels, messages = {}, {}
     for event_type, (source, event_version, schema) in CATALOGUE.items():
         name = f"{event_type}"
