@@ -115,42 +115,38 @@ APPEAL = {
 
 
 def driver(api_port, count, concurrency, rate, out):
-    """Submit ``count`` appeals; closed loop when ``rate`` is None, else paced at ``rate``/s."""
-    import eventlet
-    eventlet.monkey_patch()
+    """Submit ``count`` appeals from ``concurrency`` threads with keep-alive connections; closed loop
+    when ``rate`` is None, else paced at ``rate``/s. Results go to the file ``out`` (JSON)."""
     import http.client
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     sent = {}
-    pool = eventlet.GreenPool(concurrency)
-    connections = eventlet.queue.LightQueue()
-    for _ in range(concurrency):
-        connections.put(http.client.HTTPConnection("127.0.0.1", api_port, timeout=60))
+    local = threading.local()
+    began = time.time()
 
     def submit(n):
-        body = dict(APPEAL, citizen={"name": "王五", "phone": f"139{n % 10**8:08d}"})
-        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        conn = connections.get()
-        try:
-            started = time.time()
-            conn.request("POST", "/api/v1/appeals", payload, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            data = json.loads(response.read())
-            if response.status != 201:
-                raise RuntimeError(f"{response.status}: {data}")
-            sent[data["case_no"]] = started
-        finally:
-            connections.put(conn)
-
-    cpu0 = time.process_time()
-    began = time.time()
-    for n in range(count):
         if rate:
             delay = began + n / rate - time.time()
             if delay > 0:
-                eventlet.sleep(delay)
-        pool.spawn_n(submit, n)
-    pool.waitall()
-    out.put({"sent": sent, "cpu": time.process_time() - cpu0})
+                time.sleep(delay)
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=60)
+        body = dict(APPEAL, citizen={"name": "王五", "phone": f"139{n % 10**8:08d}"})
+        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        started = time.time()
+        local.conn.request("POST", "/api/v1/appeals", payload, {"Content-Type": "application/json"})
+        response = local.conn.getresponse()
+        data = json.loads(response.read())
+        if response.status != 201:
+            raise RuntimeError(f"{response.status}: {data}")
+        sent[data["case_no"]] = started
+
+    cpu0 = time.process_time()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(submit, n) for n in range(count)]:
+            future.result()
+    Path(out).write_text(json.dumps({"sent": sent, "cpu": time.process_time() - cpu0}))
 
 
 def collector(amqp_uri, queue, expected, ready, out):
@@ -189,7 +185,8 @@ def run_phase(platform, count, concurrency, rate=None, measure_cpu=False):
         q = Queue(queue, exchange=exchange, routing_key="order_dispatched", durable=False,
                   auto_delete=False, channel=channel)
         q.declare()
-    ready, collected, driven = mp.Event(), mp.Queue(), mp.Queue()
+    ready, collected = mp.Event(), mp.Queue()
+    driven = Path(tempfile.mkstemp(suffix=".json")[1])
     coll = mp.Process(target=collector, args=(platform.amqp_uri, queue, count, ready, collected))
     coll.start()
     ready.wait(30)
@@ -198,10 +195,13 @@ def run_phase(platform, count, concurrency, rate=None, measure_cpu=False):
     cpu_before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in processes.items()}
     drv = mp.Process(target=driver, args=(platform.api_port, count, concurrency, rate, driven))
     drv.start()
-    d = driven.get(timeout=900)
+    drv.join()
+    if drv.exitcode != 0:
+        raise RuntimeError(f"load driver failed (exit {drv.exitcode})")
+    d = json.loads(driven.read_text())
+    driven.unlink()
     c = collected.get(timeout=900)
     cpu_after = {name: sum(cpu_seconds(p) for p in pids) for name, pids in processes.items()}
-    drv.join()
     coll.join()
     with Connection(platform.amqp_uri) as conn:
         conn.default_channel.queue_delete(queue)
