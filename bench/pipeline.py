@@ -190,9 +190,13 @@ def run_phase(platform, count, concurrency, rate=None, measure_cpu=False):
     coll = mp.Process(target=collector, args=(platform.amqp_uri, queue, count, ready, collected))
     coll.start()
     ready.wait(30)
-    processes = {**{s: [p] for s, p in platform.pids().items()},
-                 "rabbitmq": pids_of("beam.smp"), "postgresql": pids_of("postgres:")}
-    cpu_before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in processes.items()}
+    def snapshot():
+        # PostgreSQL starts a backend per connection: count every backend alive at either end
+        groups = {**{s: [p] for s, p in platform.pids().items()},
+                  "rabbitmq": pids_of("beam.smp"), "postgresql": pids_of("postgres")}
+        return {name: {p: cpu_seconds(p) for p in pids} for name, pids in groups.items()}
+
+    cpu_before = snapshot()
     drv = mp.Process(target=driver, args=(platform.api_port, count, concurrency, rate, driven))
     drv.start()
     drv.join()
@@ -201,7 +205,7 @@ def run_phase(platform, count, concurrency, rate=None, measure_cpu=False):
     d = json.loads(driven.read_text())
     driven.unlink()
     c = collected.get(timeout=900)
-    cpu_after = {name: sum(cpu_seconds(p) for p in pids) for name, pids in processes.items()}
+    cpu_after = snapshot()
     coll.join()
     with Connection(platform.amqp_uri) as conn:
         conn.default_channel.queue_delete(queue)
@@ -209,7 +213,8 @@ def run_phase(platform, count, concurrency, rate=None, measure_cpu=False):
     latencies = sorted((arrivals[k] - sent[k]) * 1000 for k in sent if k in arrivals)
     missing = len(sent) - len(latencies)
     span = max(arrivals.values()) - min(sent.values())
-    cpu = {name: (cpu_after[name] - cpu_before[name]) for name in processes}
+    cpu = {name: sum(after - cpu_before[name].get(pid, 0.0) for pid, after in pids.items())
+           for name, pids in cpu_after.items()}
     cpu["load driver"] = d["cpu"]
     cpu["event collector"] = c["cpu"]
     return {"rate": len(latencies) / span, "latencies": latencies, "missing": missing, "cpu": cpu,
