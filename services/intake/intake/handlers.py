@@ -73,6 +73,7 @@ def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None, 
             s.add(CitizenContact(
                 case_no=appeal.case_no, name=citizen and citizen["name"], phone=citizen and citizen["phone"],
                 id_number=citizen and citizen.get("id_number"), email=citizen and citizen.get("email"),
+                wechat_openid=citizen and citizen.get("wechat_openid"),
                 address=location.get("address")))
         s.add(TimelineEntry(case_no=appeal.case_no, at=now, status="received",
                             text=domain.timeline_text("appeal_received", {})))
@@ -138,7 +139,8 @@ def contact_for_notification(uow, case_no):
         contact = uow.session.get(CitizenContact, case_no)
         if contact is None:
             return None
-        return {"name": contact.name, "phone": contact.phone, "email": contact.email}
+        return {"name": contact.name, "phone": contact.phone, "email": contact.email,
+                "wechat_openid": contact.wechat_openid}
 
 
 def rate_appeal(uow, case_no, token, payload, idempotency_key=None, now=None):

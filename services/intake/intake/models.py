@@ -46,6 +46,9 @@ class CitizenContact(Base):
     phone: Mapped[str | None] = mapped_column(String(20))
     id_number: Mapped[str | None] = mapped_column(String(18))
     email: Mapped[str | None] = mapped_column(String(254))
+    # the citizen's openid on the "榴乡诉递" official account (appeals sent through WeChat): notify
+    # sends template messages to it
+    wechat_openid: Mapped[str | None] = mapped_column(String(64))
     address: Mapped[str | None] = mapped_column(String(200))
 
 

@@ -30,6 +30,8 @@ class CitizenSchema(Strict):
     phone = fields.String(required=True, validate=validate.Regexp(PHONE, error="手机号或电话号码格式不正确"))
     id_number = fields.String(load_default=None, allow_none=True)
     email = fields.Email(load_default=None, allow_none=True, validate=validate.Length(max=254))
+    wechat_openid = fields.String(load_default=None, allow_none=True,
+                                  validate=validate.Regexp(r"^[A-Za-z0-9_-]{6,64}$", error="openid 格式不正确"))
 
     @validates("id_number")
     def _check_id_number(self, value, **_):

@@ -26,6 +26,17 @@ def test_submit_registers_the_appeal_and_raises_appeal_received(intake_db, appea
     assert event["data"]["citizen_ref"] == domain.citizen_ref("k", "13812345678", "11010519491231002X")
 
 
+def test_notify_gets_the_wechat_openid_of_an_appeal_sent_through_wechat(intake_db, appeal_payload):
+    _, uow = intake_db
+    payload = {**appeal_payload, "channel": "wechat",
+               "citizen": {**appeal_payload["citizen"], "wechat_openid": "oWx_1234567890"}}
+    case_no = handlers.submit_appeal(uow(), payload, citizen_key="k")["case_no"]
+    assert handlers.contact_for_notification(uow(), case_no)["wechat_openid"] == "oWx_1234567890"
+    assert "oWx_1234567890" not in json.dumps(outbox_events(uow))
+    other = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")["case_no"]
+    assert handlers.contact_for_notification(uow(), other)["wechat_openid"] is None
+
+
 def test_events_carry_no_personal_data(intake_db, appeal_payload):
     _, uow = intake_db
     handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")
