@@ -366,7 +366,7 @@ class RateLimiter:
     yielding in between, so green threads need no lock."""
 
     def __init__(self, rates, clock=time.monotonic, sleep=time.sleep):
-        self.rates = {k: float(v) for k, v in (rates or {}).items() if v}
+        self.rates = {k: float(v) for k, v in (rates or {}).items() if v and float(v) > 0}
         self.clock = clock
         self.sleep = sleep
         self.next_slot = {}

@@ -315,10 +315,11 @@ def claim_delivery(uow, delivery_id, policy, now=None):
     return claim
 
 
-def claim_next_due(uow, policy, now=None, skip=()):
-    """Claim the delivery whose event is oldest among those that can go now. With several notify
-    instances on PostgreSQL, rows another instance is claiming are skipped (FOR UPDATE SKIP LOCKED),
-    not waited for. Returns (claim or None, whether anything was looked at)."""
+def claim_next_due(uow, policy, now=None, skip=(), provider_of=None):
+    """Claim the delivery whose event is oldest among those that can go now (of the provider of
+    delivery ``provider_of`` only, if given). With several notify instances on PostgreSQL, rows
+    another instance is claiming are skipped (FOR UPDATE SKIP LOCKED), not waited for. Returns
+    (claim or None, the id looked at or None)."""
     now = now or _now()
     with uow:
         s = uow.session
@@ -326,6 +327,9 @@ def claim_next_due(uow, policy, now=None, skip=()):
                  .order_by(Delivery.occurred_at, Delivery.id).limit(1).with_for_update(skip_locked=True))
         if skip:
             query = query.where(Delivery.id.not_in(list(skip)))
+        if provider_of:
+            query = query.where(Delivery.provider == select(Delivery.provider).where(
+                Delivery.id == provider_of).scalar_subquery())
         ids = s.execute(query).scalars().all()
         claim = _take(s, ids[0], policy, now) if ids else None
         uow.commit()
@@ -474,11 +478,33 @@ def _send_claimed(uow, claim, outside, policy):
     return done
 
 
-def deliver(uow, delivery_id, outside, policy):
+def deliver(uow, delivery_id, outside, policy, helping=20):
     """Claim, send and record one delivery (and the fallbacks it leads to); returns
-    [(channel, new status), ...], empty if it was not claimable (sent already, not yet due, its
-    provider held back or older ones queued before it, or being sent by another worker)."""
-    return _send_claimed(uow, claim_delivery(uow, delivery_id, policy), outside, policy)
+    [(channel, new status), ...]. If older deliveries of its provider are waiting, it sends those
+    first (up to ``helping`` of them), so that a provider's queue goes out oldest first while every
+    worker helps it along. Empty if nothing could be claimed (sent already, not yet due, its
+    provider held back, or being sent by another worker): the sweep takes it up then."""
+    done = []
+    for _ in range(helping):
+        claim = claim_delivery(uow, delivery_id, policy)
+        if claim is not None:
+            return done + _send_claimed(uow, claim, outside, policy)
+        older, _ = claim_next_due(uow, policy, provider_of=delivery_id)
+        if older is not None:
+            done += _send_claimed(uow, older, outside, policy)
+        elif _waiting(uow, delivery_id):
+            time.sleep(0.005)  # another worker is claiming the head of the queue this instant
+        else:
+            break  # sent, in flight, not yet due, or its provider is held back
+    return done
+
+
+def _waiting(uow, delivery_id, now=None):
+    """Whether a delivery could go now but for others ahead of it in its provider's queue."""
+    now = now or _now()
+    with uow:
+        return uow.session.execute(select(Delivery.id).where(
+            Delivery.id == delivery_id, *_claimable(now), _provider_free(now))).first() is not None
 
 
 def send_due(uow, outside, policy, limit=200, budget_seconds=10.0, clock=time.monotonic):

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from notify import content, handlers
@@ -18,6 +19,7 @@ from notify.service import NotifyService
 from wuji_common.events import make_event
 from wuji_common.migrations import upgrade
 from wuji_common.relay import BatchPublisher
+from wuji_common.testing import AMQP_HOST, _rabbitmqctl
 from wuji_common.testing_helpers import free_port
 from wuji_common.topology import declare
 
@@ -48,7 +50,18 @@ def start_notify(env, log):
     return proc
 
 
-def test_kill_9_mid_batch_loses_nothing_and_doubles_nothing(amqp_uri, tmp_path, servers):
+@pytest.fixture
+def own_amqp_uri(amqp_vhost):
+    """A vhost of this test's own: the process declares its queues with the shipped retry delays."""
+    vhost = f"{amqp_vhost}-crash"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"{AMQP_HOST}/{vhost}"
+    _rabbitmqctl("delete_vhost", vhost)
+
+
+def test_kill_9_mid_batch_loses_nothing_and_doubles_nothing(own_amqp_uri, tmp_path, servers):
+    amqp_uri = own_amqp_uri
     db_url = f"sqlite:///{tmp_path / 'notify.db'}"
     upgrade(MIGRATIONS, db_url)
     hook = servers("webhook", delay=0.02)  # a department system that takes 20 ms a request
