@@ -552,6 +552,8 @@ def test_the_command_centre_shows_intake_backlog_overdue_rates_and_hot_spots():
         assert any(f'measure="{numerator}"' in e and f'measure="{denominator}"' in e and " / " in e
                    for e in exprs), numerator
     assert any("热点" in panel["title"] for panel in board["panels"])
+    assert {"wuji_hotspots_detected_total", "wuji_appeals_repeated_total"} <= used_metrics(board)
+    assert 'measure="cross_level"' in joined                                     # 越级访
     assert "wuji_whistles_blown_total" in joined and "wuji_forces_report_in_overdue_total" in joined
     # the metrics service's instances report the same numbers: never summed across instances
     for panel in board["panels"]:

@@ -43,6 +43,12 @@ def value(samples, name, **labels):
     return samples.get((name, frozenset(labels.items())))
 
 
+def total(samples, name, **labels):
+    """The sum of a family's samples that carry these labels (whatever their other labels)."""
+    return sum(v for (n, sample_labels), v in samples.items()
+               if n == name and frozenset(labels.items()) <= sample_labels)
+
+
 def eventually(probe, timeout=30, what="condition"):
     deadline = time.monotonic() + timeout
     while True:
@@ -68,13 +74,13 @@ def test_every_metrics_endpoint_shows_what_the_loop_did(run_platform, tmp_path):
 
         def metrics_caught_up():
             samples = scrape(platform.metrics_ports["metrics"])
-            resolved = value(samples, "wuji_orders_resolved_total", town=TOWN, category="urban-rural")
+            resolved = total(samples, "wuji_orders_resolved_total", town=TOWN)   # whatever the category
             return samples if resolved == APPEALS else None
         eventually(metrics_caught_up, what="metrics series")
         today = date.today()
-        total = rpc.metrics.kpis((today - timedelta(days=1)).isoformat(),
-                                 (today + timedelta(days=1)).isoformat(), "town")[-1]
-        assert (total["appeals"], total["orders"], total["resolved"]) == (APPEALS,) * 3
+        row = rpc.metrics.kpis((today - timedelta(days=1)).isoformat(),
+                               (today + timedelta(days=1)).isoformat(), "town")[-1]
+        assert (row["appeals"], row["orders"], row["resolved"]) == (APPEALS,) * 3
 
     def settled():
         # every handler done and every outbox empty: the loop is at rest
@@ -118,9 +124,10 @@ def test_every_metrics_endpoint_shows_what_the_loop_did(run_platform, tmp_path):
         for (_, labels) in samples:
             for _, label_value in labels:
                 assert not any(case in label_value for case in cases), label_value
-    # events published by the outbox relays: 3 appeal_received; 3 each of dispatched/accepted/resolved
+    # events published by the outbox relays: intake's appeal_received; triage's dispatched, accepted
+    # and resolved for each (and whatever its analysis found: similar appeals may make a hot spot)
     assert value(scraped["intake"], "wuji_outbox_published_total", service="intake") == APPEALS
-    assert value(scraped["triage"], "wuji_outbox_published_total", service="triage") == 3 * APPEALS
+    assert value(scraped["triage"], "wuji_outbox_published_total", service="triage") >= 3 * APPEALS
 
     # the metrics service's domain series
     domain = scraped["metrics"]
@@ -130,11 +137,13 @@ def test_every_metrics_endpoint_shows_what_the_loop_did(run_platform, tmp_path):
     assert value(domain, "wuji_kpi_count", period="month", town=TOWN,
                  measure="accepted_on_time") == APPEALS
     assert value(domain, "wuji_unit_kpi_count", period="today", unit=UNIT, measure="orders") == APPEALS
-    assert value(domain, "wuji_orders_dispatched_total", town=TOWN, category="urban-rural") == APPEALS
+    assert total(domain, "wuji_orders_dispatched_total", town=TOWN) == APPEALS
     assert value(domain, "wuji_orders", town=TOWN, status="resolved") == APPEALS
     assert value(domain, "wuji_unit_orders", unit=UNIT, status="resolved") == APPEALS
-    assert value(domain, "wuji_appeals_by_category", town=TOWN, category="urban-rural") == APPEALS
+    assert total(domain, "wuji_appeals_by_category", town=TOWN) == APPEALS
+    assert value(domain, "wuji_appeals_by_category", town=TOWN, category="unknown") is None  # all dispatched
     assert value(domain, "wuji_order_report_in_seconds_count", town=TOWN) == APPEALS
     assert value(domain, "wuji_order_resolve_seconds_count", town=TOWN) == APPEALS
-    assert value(domain, "wuji_events_recorded_total", type="order_resolved") == APPEALS
+    for event_type in ("appeal_received", "order_dispatched", "order_accepted", "order_resolved"):
+        assert value(domain, "wuji_events_recorded_total", type=event_type) == APPEALS, event_type
     assert value(domain, "wuji_orders_overdue", town=TOWN, stage="accept") is None

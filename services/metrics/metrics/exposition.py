@@ -26,6 +26,17 @@ ORDER_COUNTERS = {
     "order_reopened": ("wuji_orders_reopened", "Work orders reopened after an unsatisfied rating (返工)"),
     "order_closed": ("wuji_orders_closed", "Work orders closed (结案)"),
 }
+# triage's findings (研判) → counter, by town and category
+FINDING_COUNTERS = {
+    "repeat_detected": ("wuji_appeals_repeated", "Repeat petitions (重复访): the same person about the "
+                        "same matter again within the window"),
+    "hotspot_detected": ("wuji_hotspots_detected", "Hot spots (热点): clusters of people writing about "
+                         "the same place and problem, once per cluster"),
+    "cross_level_petition_detected": ("wuji_cross_level_petitions", "Cross-level petitions (越级访): "
+                                      "received at district level about a matter never raised below"),
+    "urgent_appeal_flagged": ("wuji_appeals_flagged_urgent", "Appeals flagged urgent by risk rules "
+                              "(风险研判: safety, gatherings, self-harm, escalation)"),
+}
 ENFORCEMENT_COUNTERS = {
     "whistle_blown": ("wuji_whistles_blown", "Joint enforcement operations opened (吹哨)"),
     "operation_completed": ("wuji_operations_completed", "Joint enforcement operations completed"),
@@ -82,6 +93,13 @@ def build_families(snapshot):
     for labels, n in snap.get("ratings", []):
         ratings.add_metric(_labels(labels), n)
     families.append(ratings)
+
+    findings = {kind: CounterMetricFamily(name, doc, labels=["town", "category"])
+                for kind, (name, doc) in FINDING_COUNTERS.items()}
+    for (kind, town, category), n in snap.get("triage_findings", []):
+        if kind in findings:
+            findings[kind].add_metric(_labels([town, category]), n)
+    families.extend(findings.values())
 
     statuses = GaugeMetricFamily("wuji_orders", "Work orders now in each status", labels=["town", "status"])
     for labels, n in snap.get("orders_by_status", []):

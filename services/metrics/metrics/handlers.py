@@ -36,6 +36,9 @@ CLOSE_BUCKETS = (4 * HOUR, 24 * HOUR, 48 * HOUR, 72 * HOUR, 120 * HOUR, 168 * HO
                  720 * HOUR, 1440 * HOUR)
 
 ENFORCEMENT_EVENTS = ("whistle_blown", "operation_completed", "force_report_in_overdue")
+# what triage's analysis found (研判): counted per town and category
+TRIAGE_FINDINGS = ("repeat_detected", "hotspot_detected", "cross_level_petition_detected",
+                   "urgent_appeal_flagged")
 # the KPI counts served as series: the calendar day and the month so far, in the KPI time zone
 KPI_PERIODS = ("today", "month")
 REBUILD_BATCH = 500
@@ -312,6 +315,9 @@ def metrics_snapshot(uow, now=None, tz="Asia/Shanghai"):
                 .group_by(o.unit_code, stage)),
             "kpi_by_town": kpi_counts("town_code"),
             "kpi_by_unit": kpi_counts("unit_code"),
+            "triage_findings": rows(
+                select(e.type, e.town_code, e.category, func.count())
+                .where(e.type.in_(TRIAGE_FINDINGS)).group_by(e.type, e.town_code, e.category)),
             "enforcement_events": rows(
                 select(e.type, e.town_code, func.count())
                 .where(e.type.in_(ENFORCEMENT_EVENTS)).group_by(e.type, e.town_code)),

@@ -96,6 +96,18 @@ class MetricsService:
     def on_cross_level_petition_detected(self, envelope):
         self._record(envelope, "on_cross_level_petition_detected")
 
+    @event_handler("triage", "repeat_detected")
+    def on_repeat_detected(self, envelope):
+        self._record(envelope, "on_repeat_detected")
+
+    @event_handler("triage", "hotspot_detected")
+    def on_hotspot_detected(self, envelope):
+        self._record(envelope, "on_hotspot_detected")
+
+    @event_handler("triage", "urgent_appeal_flagged")
+    def on_urgent_appeal_flagged(self, envelope):
+        self._record(envelope, "on_urgent_appeal_flagged")
+
     @event_handler("enforcement", "whistle_blown")
     def on_whistle_blown(self, envelope):
         self._record(envelope, "on_whistle_blown")

@@ -355,3 +355,41 @@ def test_cross_level_petitions_are_counted_per_town_and_month(metrics_db):
     assert december["cross_level"] == 1 and december["cross_level_rate"] is None  # no appeals that month
     by_unit = {r["group"]: r["cross_level"] for r in handlers.kpis(uow(), "2026-11-01", "2026-11-30", "unit")}
     assert by_unit[f"town-{yinping}"] == 2
+
+
+def test_triage_findings_are_counted_by_town_and_category(metrics_db, story):
+    _, uow = metrics_db
+    t, g = story.TANSHAN, story.GUSHAO
+    when = story.at(5, 10)
+    findings = [
+        story.event("repeat_detected", "C7", {
+            "earlier_case_no": "C1", "town_code": t, "category": "urban-rural", "item": "road",
+            "repeat_count": 2}, when),
+        story.event("repeat_detected", "C8", {
+            "earlier_case_no": "C1", "town_code": t, "category": "urban-rural", "item": "road",
+            "repeat_count": 3}, when),
+        story.event("hotspot_detected", None, {
+            "hotspot_id": "H1", "town_code": g, "category": "environment", "item": "noise",
+            "title": "噪音", "appeals": 5, "people": 4, "case_nos": ["C9", "C10"],
+            "first_received_at": when.isoformat(), "window_hours": 24.0}, when),
+        story.event("cross_level_petition_detected", "C11", {
+            "town_code": g, "category": "urban-rural", "item": "road", "level": "grid",
+            "reception_level": "district", "channel": "hotline"}, when),
+        story.event("urgent_appeal_flagged", "C12", {
+            "town_code": t, "category": "safety", "item": "gas", "urgency": "emergency",
+            "reasons": [{"rule": "life", "name": "生命安全", "keywords": ["煤气"]}]}, when),
+    ]
+    record_all(uow, findings)
+    registry = CollectorRegistry()
+    collector = DomainCollector()
+    registry.register(collector)
+    collector.publish(handlers.metrics_snapshot(uow(), now=NOW))
+    lines = generate_latest(registry).decode().splitlines()
+    for line in [
+        f'wuji_appeals_repeated_total{{category="urban-rural",town="{t}"}} 2.0',
+        f'wuji_hotspots_detected_total{{category="environment",town="{g}"}} 1.0',
+        f'wuji_cross_level_petitions_total{{category="urban-rural",town="{g}"}} 1.0',
+        f'wuji_appeals_flagged_urgent_total{{category="safety",town="{t}"}} 1.0',
+    ]:
+        assert line in lines, line
+    assert not [line for line in lines if "C9" in line or "H1" in line]
