@@ -2,7 +2,7 @@
 webhook received), next to a baseline measured in the same run: the same receiver hit directly by a
 plain HTTP client loop with the same signed bodies.
 
-    .venv/bin/python bench/notify.py [--events 1000] [--paced 300] [--rate 50] [--runs 3] [--db postgresql]
+    .venv/bin/python bench/notify.py [--events 1000] [--paced 200] [--rate 10] [--runs 3] [--db postgresql]
 
 notify runs as its own process (`nameko run`, config.yml as shipped except the per-endpoint rate limit,
 which is lifted so that the machinery is measured, not the limit), on its own RabbitMQ vhost and
@@ -172,8 +172,8 @@ def latency(publisher, log_path, count, rate, start):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1000)
-    parser.add_argument("--paced", type=int, default=300)
-    parser.add_argument("--rate", type=float, default=50)
+    parser.add_argument("--paced", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
     args = parser.parse_args()
