@@ -306,6 +306,86 @@ class UrgentAppealFlagged(Schema):
     reasons = fields.List(fields.Nested(RiskReason), required=True)
 
 
+CLOCKS = ("report_in", "first_contact", "resolve")
+LEVELS = ("grid", "town", "district")
+
+
+class OrderClockEvent(OrderEvent):
+    """Common part of the clock (限时办结) events: which of the order's clocks, held by ``unit_code``
+    at ``level``: report_in (签收/报到), first_contact (首次联系) or resolve (办结)."""
+    clock = fields.String(required=True, validate=validate.OneOf(CLOCKS))
+    level = fields.String(required=True, validate=validate.OneOf(LEVELS))
+
+
+class OrderDeadlineApproaching(OrderClockEvent):
+    """triage: ``threshold`` per cent (50 or 80) of a clock's window has gone (临期提醒); once per
+    clock and threshold, to the holder."""
+    threshold = fields.Integer(required=True)
+    due_at = Timestamp(required=True)
+
+
+class OrderOverdue(OrderClockEvent):
+    """triage: a clock ran out while ``unit_code`` held the order (超时); once per clock. A
+    supervision ticket (督办单) ``ticket_no`` is opened for the supervision zone."""
+    due_at = Timestamp(required=True)
+    ticket_no = fields.String(required=True)
+
+
+class OrderEscalated(OrderClockEvent):
+    """triage: the unit had not reported in (签收) by the deadline; the level above (grid → town →
+    district) is told (逐级上报); once per clock."""
+    from_level = fields.String(required=True, validate=validate.OneOf(LEVELS))
+    to_level = fields.String(required=True, validate=validate.OneOf(LEVELS))
+    to_unit_code = fields.String(required=True)
+    due_at = Timestamp(required=True)
+
+
+class OrderClockChangeRequested(OrderEvent):
+    """triage: the unit asked, before expiry and with a reason, for an extension (延期) or a
+    suspension (挂账) of ``days``; the supervision zone decides."""
+    request_id = fields.String(required=True)
+    days = fields.Float(required=True)
+    reason = fields.String(required=True)
+    resolve_due_at = Timestamp(required=True)
+
+
+class OrderClockChangeDecided(OrderEvent):
+    """triage: the supervision zone approved or refused an extension (延期) or a suspension (挂账);
+    ``resolve_due_at`` is the deadline now in force (a suspended clock's moves when it resumes)."""
+    request_id = fields.String(required=True)
+    approved = fields.Boolean(required=True)
+    days = fields.Float(required=True)
+    resolve_due_at = Timestamp(required=True)
+
+
+class OrderExtensionRequested(OrderClockChangeRequested):
+    """triage: the unit asked for an extension (延期) of the resolve deadline by ``days``."""
+
+
+class OrderSuspensionRequested(OrderClockChangeRequested):
+    """triage: the unit asked for the order's clocks to stand still (挂账) for at most ``days``."""
+
+
+class OrderExtensionDecided(OrderClockChangeDecided):
+    """triage: an extension (延期) was approved or refused."""
+
+
+class OrderSuspensionDecided(OrderClockChangeDecided):
+    """triage: a suspension (挂账) was approved (the clocks pause) or refused."""
+
+
+class OrderResumed(OrderClockEvent):
+    """triage: a suspended order's clocks run again (挂账结束), their deadlines later by the pause."""
+    resumed_at = Timestamp(required=True)
+
+
+class OrderUrged(OrderEvent):
+    """triage: the supervision zone sent the unit a supervision notice (催办) about the order."""
+    urge_id = fields.String(required=True)
+    ticket_no = fields.String(allow_none=True, load_default=None)
+    note = fields.String(required=True)
+
+
 CATALOGUE = {
     # event type: (source service, version, payload schema)
     "appeal_received": ("intake", 1, AppealReceived),
@@ -332,6 +412,15 @@ CATALOGUE = {
     "hotspot_detected": ("triage", 1, HotspotDetected),
     "cross_level_petition_detected": ("triage", 1, CrossLevelPetitionDetected),
     "urgent_appeal_flagged": ("triage", 1, UrgentAppealFlagged),
+    "order_deadline_approaching": ("triage", 1, OrderDeadlineApproaching),
+    "order_overdue": ("triage", 1, OrderOverdue),
+    "order_escalated": ("triage", 1, OrderEscalated),
+    "order_extension_requested": ("triage", 1, OrderExtensionRequested),
+    "order_extension_decided": ("triage", 1, OrderExtensionDecided),
+    "order_suspension_requested": ("triage", 1, OrderSuspensionRequested),
+    "order_suspension_decided": ("triage", 1, OrderSuspensionDecided),
+    "order_resumed": ("triage", 1, OrderResumed),
+    "order_urged": ("triage", 1, OrderUrged),
 }
 
 

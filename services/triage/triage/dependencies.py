@@ -22,6 +22,7 @@ from wuji_common.dependencies import Database, MetricsExporter  # noqa: F401
 log = logging.getLogger(__name__)
 
 DEFAULT_TAXONOMY_PATH = Path(__file__).parent / "data" / "taxonomy.yml"
+DEFAULT_POLICIES_PATH = Path(__file__).parent / "data" / "policies.yml"
 
 # how appeals are routed: a rise of "fallback" or of returns means the taxonomy or model needs work
 ORDERS_ROUTED = Counter("wuji_triage_orders_routed_total", "Work orders dispatched, by how they were routed",
@@ -38,6 +39,15 @@ def TriageDatabase():
 def load_taxonomy(path=None):
     with open(path or DEFAULT_TAXONOMY_PATH, encoding="utf-8") as f:
         return Taxonomy.from_dict(yaml.safe_load(f))
+
+
+def load_policies(path=None, taxonomy=None):
+    """The time-limit policies (policies.yml), checked against the taxonomy's items and categories."""
+    from triage.clocks import PolicyBook
+    with open(path or DEFAULT_POLICIES_PATH, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    return PolicyBook.from_dict(data, set(taxonomy.items) if taxonomy else None,
+                                set(taxonomy.categories) if taxonomy else None)
 
 
 @lru_cache(maxsize=4)
@@ -58,12 +68,14 @@ def load_classifier(path=None):
     return classifier
 
 
-def build_router(taxonomy_path=None, classifier="auto", model_path=None):
+def build_router(taxonomy_path=None, classifier="auto", model_path=None, policies_path=None):
     """``classifier``: "auto" uses the model file if there is one; "off" never does (YAML reads an
-    unquoted ``off`` from the environment as False, which means off too)."""
+    unquoted ``off`` from the environment as False, which means off too). ``policies_path``: the
+    time-limit policies (default: the packaged policies.yml)."""
     taxonomy = load_taxonomy(taxonomy_path or None)
     off = classifier is False or str(classifier).lower() in ("off", "false", "no", "0")
-    return Router(taxonomy, None if off else load_classifier(model_path or None))
+    return Router(taxonomy, None if off else load_classifier(model_path or None),
+                  load_policies(policies_path or None, taxonomy))
 
 
 class RouterProvider(DependencyProvider):
@@ -79,7 +91,8 @@ class RouterProvider(DependencyProvider):
         config = self.container.config
         self.path = Path(config.get("TAXONOMY_PATH") or DEFAULT_TAXONOMY_PATH)
         self.check_seconds = float(config.get("TAXONOMY_CHECK_SECONDS", 5))
-        self.router = build_router(self.path, config.get("CLASSIFIER", "auto"), config.get("MODEL_PATH"))
+        self.router = build_router(self.path, config.get("CLASSIFIER", "auto"), config.get("MODEL_PATH"),
+                                   config.get("POLICIES_PATH") or None)
         self._stamp, self._checked = self._file_stamp(), time.monotonic()
         if self.router.classifier is not None:
             # the first classification loads the tokenizer's dictionary (about a second): do it

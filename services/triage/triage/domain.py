@@ -8,6 +8,7 @@ keywords alone when there is none.
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from triage.clocks import ClockPolicy, Limit
 from wuji_common.errors import InvalidTransition
 from wuji_common.events import CHINA_TIME  # order numbers carry the local date
 
@@ -368,6 +369,8 @@ class Routing:
     router_version: str
     co_handlers: tuple = ()
     urgency: str = "normal"
+    # the time-limit policy of policies.yml the order gets; None: the item's own time_limit
+    clock_policy: ClockPolicy | None = None
 
 
 @dataclass
@@ -376,6 +379,7 @@ class Router:
     ``classify(subject, body) -> Classification(label, probability, ranked)`` and ``version``."""
     taxonomy: Taxonomy
     classifier: object = None
+    policies: object = None  # clocks.PolicyBook; None: deadlines from the items' own time_limit
     version: str = field(init=False)
 
     def __post_init__(self):
@@ -384,7 +388,10 @@ class Router:
 
     def with_taxonomy(self, taxonomy):
         """The same router (and model) under another version of the taxonomy."""
-        return Router(taxonomy, self.classifier)
+        return Router(taxonomy, self.classifier, self.policies)
+
+    def with_policies(self, policies):
+        return Router(self.taxonomy, self.classifier, policies)
 
     def assess(self, title, content):
         """Rules first, the model fills in: a strong keyword match decides; else a confident
@@ -493,8 +500,10 @@ class Router:
         for flag in assessment.flags:
             co_handlers += [c for c in flag.co_handlers if c != unit.code]
         co_handlers = tuple(c for c in dict.fromkeys(co_handlers) if c in units)
+        clock_policy = self.policies.pick(item.code, item.category, assessment.urgency) \
+            if self.policies is not None else None
         return Routing(item, unit, level, urgent, policy, limit, assessment.basis, confidence,
-                       self.taxonomy.version, self.version, co_handlers, assessment.urgency)
+                       self.taxonomy.version, self.version, co_handlers, assessment.urgency, clock_policy)
 
 
 LEVEL_OF_UNIT_TYPE = {"grid_worker": "grid", "town_office": "town", "district_department": "district",
@@ -513,15 +522,36 @@ def _units_for(item, town_code, village_code):
 
 # --- deadlines ----------------------------------------------------------------------------------
 
-def due_at(start, hours):
-    """The one place where a time limit becomes a deadline. Calendar hours for now; the working-day
-    calendar (工作日) replaces this body."""
-    return start + timedelta(hours=hours)
+def due_at(start, limit, calendar=None):
+    """The one place where a time limit becomes a deadline. ``limit``: a clocks.Limit — calendar
+    time for minutes, hours and days, the working calendar (triage.calendar: weekends, public
+    holidays, 调休) for working hours and working days — or a number of calendar hours (an item's
+    own time_limit in taxonomy.yml)."""
+    if not isinstance(limit, Limit):
+        return start + timedelta(hours=limit)
+    if limit.unit == "minutes":
+        return start + timedelta(minutes=limit.amount)
+    if limit.unit == "hours":
+        return start + timedelta(hours=limit.amount)
+    if limit.unit == "days":
+        return start + timedelta(days=limit.amount)
+    if calendar is None:
+        raise ValueError(f"a limit of {limit} needs the working calendar")
+    if limit.unit == "working_hours":
+        return calendar.add_working_hours(start, limit.amount)
+    return calendar.add_working_days(start, limit.amount)
 
 
-def deadlines(limit, dispatched_at):
-    """(accept_due_at, resolve_due_at) of an order dispatched at ``dispatched_at``."""
-    return due_at(dispatched_at, limit.accept_hours), due_at(dispatched_at, limit.resolve_hours)
+def deadlines(limit, dispatched_at, clock_policy=None, calendar=None):
+    """{clock: deadline} of an order dispatched at ``dispatched_at``: report_in, first_contact and
+    resolve under its clock policy, or report_in and resolve under the item's own time_limit
+    (first contact then due with acceptance)."""
+    if clock_policy is not None:
+        return {clock: due_at(dispatched_at, clock_policy.limit(clock), calendar)
+                for clock in ("report_in", "first_contact", "resolve")}
+    accept = due_at(dispatched_at, limit.accept_hours)
+    return {"report_in": accept, "first_contact": accept,
+            "resolve": due_at(dispatched_at, limit.resolve_hours)}
 
 
 def within(at, deadline):

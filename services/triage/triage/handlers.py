@@ -23,7 +23,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
-from triage import domain
+from triage import domain, supervision
 from triage.domain import aware
 from triage.models import (
     Appeal, DispatcherDecision, Division, Hotspot, HotspotMember, ProgressNote, Unit, WorkOrder,
@@ -179,13 +179,28 @@ def _unit_lookup(s):
 def _apply_routing(order, routing, now):
     """Put the order in the routed unit's hands under the routed item and policy, its clocks
     starting at ``now``."""
-    accept_due_at, resolve_due_at = domain.deadlines(routing.limit, now)
+    due = domain.deadlines(routing.limit, now, routing.clock_policy,
+                           supervision.calendar_in_force() if routing.clock_policy else None)
+    accept_due_at, resolve_due_at = due["report_in"], due["resolve"]
+    if routing.clock_policy is not None:
+        policy = routing.clock_policy
+        order.time_policy, order.time_policy_version = policy.code, policy.version
+        order.time_limits = json.dumps(policy.describe())
+        accept_hours, resolve_hours = policy.report_in.nominal_hours(), policy.resolve.nominal_hours()
+    else:  # the item's own time_limit, in calendar hours
+        order.time_policy = f"item:{routing.item.code}"[:40]
+        order.time_policy_version = routing.taxonomy_version
+        order.time_limits = json.dumps({"report_in": f"{routing.limit.accept_hours} hours",
+                                        "first_contact": f"{routing.limit.accept_hours} hours",
+                                        "resolve": f"{routing.limit.resolve_hours} hours"})
+        accept_hours, resolve_hours = routing.limit.accept_hours, routing.limit.resolve_hours
+    order.first_contact_due_at = due["first_contact"]
     order.unit_code, order.unit_name, order.level = routing.unit.code, routing.unit.name, routing.level
     order.category, order.category_name = routing.item.category, routing.item.category_name
     order.item, order.item_name = routing.item.code, routing.item.name
     order.co_handlers = ",".join(routing.co_handlers)
     order.urgent, order.urgency, order.policy = routing.urgent, routing.urgency, routing.policy
-    order.accept_hours, order.resolve_hours = routing.limit.accept_hours, routing.limit.resolve_hours
+    order.accept_hours, order.resolve_hours = accept_hours, resolve_hours
     order.accept_due_at, order.resolve_due_at = accept_due_at, resolve_due_at
     order.confidence, order.routing_basis = routing.confidence, routing.basis
     order.taxonomy_version, order.router_version = routing.taxonomy_version, routing.router_version
@@ -222,6 +237,8 @@ def _announce_dispatch(uow, appeal, order, routing):
         "policy": order.policy, "router_version": order.router_version,
         "confidence": order.confidence, "title": appeal.title, "co_handlers": list(routing.co_handlers),
     })
+    uow.session.flush()
+    supervision.start_clocks(uow.session, order, aware(order.dispatched_at))  # 限时办结 starts
     if routing.item.needs_enforcement_at_dispatch and not _enforcement_asked(uow.session, appeal.case_no):
         order.enforcement_requested = True
         uow.emit("enforcement_requested", appeal.case_no, {
@@ -434,6 +451,7 @@ def accept_order(uow, order_no, unit_code, idempotency_key, now=None):
         order.status = domain.next_status("accept", order.status)
         now = now or domain.utcnow()
         order.accepted_at = order.updated_at = now
+        supervision.stop_clock(uow.session, order.order_no, "report_in", now)
         uow.emit("order_accepted", order.case_no, {
             **_event_base(order), "accepted_at": iso(now),
             "within_deadline": domain.within(now, aware(order.accept_due_at))})
@@ -460,6 +478,8 @@ def return_order(uow, router, order_no, unit_code, reason, idempotency_key, now=
         now = now or domain.utcnow()
         order.return_reason = args["reason"]
         order.returned_at = order.updated_at = now
+        supervision.leave_clocks(s, order.order_no, now)  # they keep who held it when time ran out
+        supervision.close_tickets(s, order.order_no, now)
         s.flush()  # the returned order leaves the active slot before its successor takes it
         excluded = set(s.execute(select(WorkOrder.unit_code).where(
             WorkOrder.case_no == order.case_no, WorkOrder.status == "returned")).scalars())
@@ -494,6 +514,7 @@ def add_progress(uow, order_no, unit_code, note, idempotency_key, now=None):
         now = now or domain.utcnow()
         order.updated_at = now
         s.add(ProgressNote(order_no=order_no, unit_code=unit_code, note=args["note"], at=now))
+        supervision.stop_clock(s, order_no, "first_contact", now)
         uow.emit("order_progressed", order.case_no, {**_event_base(order),
                                                      "note": redact_text(args["note"])})
         return _finish(uow, "add_progress", key, order)
@@ -518,6 +539,9 @@ def resolve_order(uow, order_no, unit_code, resolution, idempotency_key, now=Non
 def _resolve(uow, order, resolution, now):
     order.resolution = resolution
     order.resolved_at = order.updated_at = now
+    for clock in ("report_in", "first_contact", "resolve"):
+        supervision.stop_clock(uow.session, order.order_no, clock, now)
+    supervision.close_tickets(uow.session, order.order_no, now)
     uow.emit("order_resolved", order.case_no, {
         **_event_base(order), "resolution": redact_text(resolution), "resolved_at": iso(now),
         "within_deadline": domain.within(now, aware(order.resolve_due_at))})
@@ -545,7 +569,11 @@ def apply_rating(uow, consumer, envelope, now=None):
             order.status = domain.next_status("reopen", order.status)
             order.reopen_count += 1
             order.reopened_at = now
-            order.resolve_due_at = domain.due_at(now, order.resolve_hours)
+            limits = supervision.order_policy(order)[2]
+            order.resolve_due_at = domain.due_at(now, limits["resolve"], supervision.calendar_in_force()) \
+                if "resolve" in limits else domain.due_at(now, order.resolve_hours)
+            s.flush()
+            supervision.restart_resolve(s, order, now)
             uow.emit("order_reopened", order.case_no, {
                 **_event_base(order), "reopen_count": order.reopen_count,
                 "resolve_due_at": iso(order.resolve_due_at)})
@@ -635,6 +663,8 @@ def route_manually(uow, router, order_no, unit_code, category, item, idempotency
             kind = "reroute"
             target.status = domain.next_status("return", target.status)
             target.return_reason, target.returned_at, target.updated_at = "调度员改派", now, now
+            supervision.leave_clocks(s, target.order_no, now)
+            supervision.close_tickets(s, target.order_no, now)
             s.flush()  # the superseded order leaves the active slot before its successor takes it
             uow.emit("order_returned", target.case_no, {**_event_base(target), "reason": "调度员改派"})
             carried = _open_order(uow, appeal, routing, now, previous=target)

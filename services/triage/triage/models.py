@@ -109,6 +109,13 @@ class WorkOrder(Base):
     # returned); the classifier's best label then, for the dispatcher to see
     review_reason: Mapped[str | None] = mapped_column(String(24))
     classifier_label: Mapped[str | None] = mapped_column(String(40))
+    # 限时办结: the time-limit policy (policies.yml, or item:<code> for the item's own time_limit), the
+    # version it came from, its limits as JSON ({"report_in": "2 working_hours", ...}) and the
+    # first-contact deadline (the others are accept_due_at and resolve_due_at)
+    time_policy: Mapped[str | None] = mapped_column(String(40))
+    time_policy_version: Mapped[str | None] = mapped_column(String(40))
+    time_limits: Mapped[str | None] = mapped_column(String(400))
+    first_contact_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __mapper_args__ = {"version_id_col": version}
     __table_args__ = (
@@ -174,6 +181,101 @@ class HotspotMember(Base):
     hotspot_id: Mapped[str] = mapped_column(ForeignKey("hotspots.hotspot_id"), index=True)
     similarity: Mapped[float | None] = mapped_column(Float)
     joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# --- clocks and supervision (限时办结 · 督查督办; triage.supervision) ---------------------------------
+
+class OrderClock(Base):
+    """One clock of one order, held by the unit that has the order at its level: report_in (签收),
+    first_contact (首次联系) or resolve (办结); ``round`` counts reopenings (返工 starts a new resolve
+    clock). ``next_check_at`` is when the sweep must look at it next (None: nothing left to fire)."""
+    __tablename__ = "order_clocks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    order_no: Mapped[str] = mapped_column(String(40), index=True)
+    case_no: Mapped[str] = mapped_column(String(32))
+    clock: Mapped[str] = mapped_column(String(16))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    holder_unit_code: Mapped[str] = mapped_column(String(40), index=True)
+    level: Mapped[str] = mapped_column(String(16))
+    town_code: Mapped[str] = mapped_column(String(12), index=True)
+    category: Mapped[str] = mapped_column(String(40))
+    policy: Mapped[str] = mapped_column(String(40))
+    policy_version: Mapped[str] = mapped_column(String(40))
+    limit: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_check_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))   # 挂账 since
+    resumes_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # 挂账 until
+    paused_seconds: Mapped[float] = mapped_column(Float, default=0)
+    extended_days: Mapped[float] = mapped_column(Float, default=0)                 # 延期 granted
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(String(16))  # met | late | returned | superseded
+    # when time ran out while this unit held it (kept when the order is returned or transferred)
+    overdue_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    escalated_to: Mapped[str | None] = mapped_column(String(40))
+
+    __table_args__ = (Index("uq_order_clocks_order_clock_round", "order_no", "clock", "round", unique=True),)
+
+
+class ClockFire(Base):
+    """The marker that a clock's checkpoint (50, 80, due, escalate) fired: its key makes a second
+    instance (or a second sweep after a restart) clash instead of firing again."""
+    __tablename__ = "clock_fires"
+    clock_id: Mapped[int] = mapped_column(ForeignKey("order_clocks.id"), primary_key=True)
+    checkpoint: Mapped[str] = mapped_column(String(16), primary_key=True)
+    fired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ClockRequest(Base):
+    """A unit's request for an extension (延期) or a suspension (挂账) of an order, and the
+    supervision zone's decision."""
+    __tablename__ = "clock_requests"
+    request_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # extension | suspension
+    order_no: Mapped[str] = mapped_column(String(40), index=True)
+    clock_id: Mapped[int | None] = mapped_column(Integer)
+    unit_code: Mapped[str] = mapped_column(String(40))
+    town_code: Mapped[str] = mapped_column(String(12))
+    days: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | approved | refused
+    supervisor: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SupervisionTicket(Base):
+    """督办单: opened for the supervision zone when a clock runs out."""
+    __tablename__ = "supervision_tickets"
+    ticket_no: Mapped[str] = mapped_column(String(40), primary_key=True)
+    order_no: Mapped[str] = mapped_column(String(40), index=True)
+    clock_id: Mapped[int] = mapped_column(Integer, unique=True)
+    clock: Mapped[str] = mapped_column(String(16))
+    unit_code: Mapped[str] = mapped_column(String(40), index=True)
+    town_code: Mapped[str] = mapped_column(String(12), index=True)
+    level: Mapped[str] = mapped_column(String(16))
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))  # open | closed
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Urge(Base):
+    """催办: a supervision notice to the unit holding an order, and what came of it."""
+    __tablename__ = "urges"
+    urge_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    order_no: Mapped[str] = mapped_column(String(40), index=True)
+    ticket_no: Mapped[str | None] = mapped_column(String(40))
+    unit_code: Mapped[str] = mapped_column(String(40))
+    town_code: Mapped[str] = mapped_column(String(12))
+    supervisor: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(String(24))  # handled | in_progress | no_response
+    outcome_note: Mapped[str | None] = mapped_column(Text)
+    outcome_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 metadata = Base.metadata

@@ -17,7 +17,7 @@ repeat_detected, cross_level_petition_detected, hotspot_detected.
 """
 from nameko.rpc import rpc
 
-from triage import handlers
+from triage import handlers, supervision
 from triage.catalogue import services_catalogue
 from triage.dependencies import (
     APPEALS_FLAGGED, ORDERS_ROUTED, MetricsExporter, NearDuplicates, RouterProvider, TaxonomyReloader,
@@ -139,3 +139,65 @@ class TriageService:
     def forget_old_appeals(self):
         """Drop appeals past the retention from this instance's near-duplicate index."""
         self.near_duplicates.forget_expired(utcnow())
+
+    # --- clocks and supervision (限时办结 · 督查督办; triage.supervision) ---------------------------
+    @config_timer("CLOCK_SWEEP_SECONDS", 30, eager=True)
+    def sweep_clocks(self):
+        """Fire what the clocks owe: reminders at 50 % and 80 %, overdue + supervision ticket,
+        escalation of a unit not reported in. Every instance sweeps; each checkpoint fires once
+        (SKIP LOCKED claims, a marker per clock and checkpoint); eager: what fell due while the
+        service was down fires at start."""
+        supervision.sweep(self.uow())
+
+    @rpc(expected_exceptions=EXPECTED)
+    def request_extension(self, order_no, unit_code, days, reason, idempotency_key):
+        """延期: the unit asks, before the resolve deadline, for ``days`` more (working days under a
+        working-time policy); the supervision zone decides."""
+        return supervision.request_clock_change(self.uow(), "extension", order_no, unit_code, days,
+                                                reason, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def decide_extension(self, request_id, approve, supervisor, note, idempotency_key):
+        return supervision.decide_clock_change(self.uow(), "extension", request_id, approve, supervisor,
+                                               note, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def request_suspension(self, order_no, unit_code, days, reason, idempotency_key):
+        """挂账: the unit asks for the order's clocks to stand still for at most ``days`` days."""
+        return supervision.request_clock_change(self.uow(), "suspension", order_no, unit_code, days,
+                                                reason, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def decide_suspension(self, request_id, approve, supervisor, note, idempotency_key):
+        return supervision.decide_clock_change(self.uow(), "suspension", request_id, approve, supervisor,
+                                               note, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def resume_order(self, order_no, unit_code, idempotency_key):
+        """挂账 ends early: the clocks run again."""
+        return supervision.resume(self.uow(), order_no, unit_code, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def overdue(self, town_code=None, unit_code=None):
+        """Clocks past their deadline, per town and/or unit."""
+        return supervision.overdue(self.uow(), town_code, unit_code)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def at_risk(self, town_code=None, unit_code=None, threshold=0.8):
+        """Clocks with at least ``threshold`` of their window gone, not yet overdue."""
+        return supervision.at_risk(self.uow(), town_code, unit_code, threshold)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def supervision_tickets(self, town_code=None, unit_code=None, status="open"):
+        """督办单."""
+        return supervision.tickets(self.uow(), town_code, unit_code, status)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def urge(self, order_no, supervisor, note, idempotency_key):
+        """催办: a supervision notice to the unit holding the order."""
+        return supervision.urge(self.uow(), order_no, supervisor, note, idempotency_key)
+
+    @rpc(expected_exceptions=EXPECTED)
+    def record_urge_outcome(self, urge_id, outcome, note, idempotency_key):
+        """What came of an urge: handled | in_progress | no_response."""
+        return supervision.record_urge_outcome(self.uow(), urge_id, outcome, note, idempotency_key)

@@ -215,9 +215,11 @@ def test_the_router_runs_with_or_without_a_model_file():
 
 # --- deadlines and the life cycle -----------------------------------------------------------
 
-def test_deadlines_are_calendar_hours_from_dispatch():
+def test_an_items_own_time_limit_is_calendar_hours_from_dispatch():
     at = datetime(2026, 11, 25, 22, 0, tzinfo=timezone.utc)
-    accept, resolve = domain.deadlines(domain.TimeLimit(0.5, 72), at)
+    due = domain.deadlines(domain.TimeLimit(0.5, 72), at)
+    accept, resolve = due["report_in"], due["resolve"]
+    assert due["first_contact"] == accept  # no first-contact limit of its own
     assert accept == at + timedelta(minutes=30) and resolve == datetime(2026, 11, 28, 22, 0, tzinfo=timezone.utc)
     assert domain.within(accept, accept) and not domain.within(accept + timedelta(seconds=1), accept)
 
