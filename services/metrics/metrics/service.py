@@ -10,7 +10,7 @@ plus wuji_common's entrypoint series, on METRICS_PORT.
 """
 from nameko.rpc import rpc
 
-from metrics import handlers
+from metrics import assessment, handlers
 from metrics.dependencies import DomainMetrics, KpiTimeZone, MetricsDatabase, MetricsExporter
 from wuji_common import metrics as common_metrics
 from wuji_common.entrypoints import config_timer, event_handler
@@ -123,3 +123,15 @@ class MetricsService:
     @event_handler("enforcement", "force_report_in_overdue")
     def on_force_report_in_overdue(self, envelope):
         self._record(envelope, "on_force_report_in_overdue")
+
+    # --- 考核: the monthly assessment (metrics.assessment) ------------------------------------------
+    @rpc(expected_exceptions=(ValidationError,))
+    def assessment(self, month, level="unit"):
+        """The assessment table of a month ("2026-11") per unit or town: 响应率, 按时办结率, 解决率,
+        满意率, 返工率, 重复访率, 越级访率, 结案率, 按期结案率, 准确派遣率, the composite score and the
+        ranking, computed from the event log alone."""
+        return assessment.assessment(self.uow(), month, level, tz=self.kpi_timezone)
+
+    @event_handler("triage", "repeat_detected")
+    def on_repeat_detected(self, envelope):
+        self._record(envelope, "on_repeat_detected")
