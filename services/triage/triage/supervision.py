@@ -20,7 +20,7 @@ from datetime import timedelta, timezone
 from uuid import uuid4
 
 from marshmallow import Schema, ValidationError as SchemaError, fields, validate
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
 
 from triage import clocks, domain
