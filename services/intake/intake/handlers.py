@@ -62,6 +62,7 @@ def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None, 
             content=data["content"], town_code=location["town_code"], village_code=village_code,
             lat=location.get("lat"), lon=location.get("lon"),
             attachments=json.dumps(data["attachments"]), anonymous=data["anonymous"],
+            reception_level=data["reception_level"],
             citizen_ref=domain.citizen_ref(citizen_key, citizen["phone"], citizen.get("id_number"))
             if citizen else None,
             tracking_token_hash=domain.token_hash(token), status="received",
@@ -82,6 +83,7 @@ def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None, 
             "content": domain.redact_text(appeal.content, citizen),
             "town_code": appeal.town_code, "village_code": appeal.village_code,
             "anonymous": appeal.anonymous, "citizen_ref": appeal.citizen_ref,
+            "reception_level": appeal.reception_level,
             "received_at": now.isoformat(), "attachments": data["attachments"],
         })
         result = {"case_no": appeal.case_no, "tracking_token": token, "status": appeal.status}

@@ -25,6 +25,8 @@ class Appeal(Base):
     lon: Mapped[float | None] = mapped_column(Float)
     attachments: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of URLs
     anonymous: Mapped[bool] = mapped_column(default=False)
+    # district | town | village reception; None: triage infers it from the channel
+    reception_level: Mapped[str | None] = mapped_column(String(16))
     citizen_ref: Mapped[str | None] = mapped_column(String(64), index=True)
     tracking_token_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="received")

@@ -4,7 +4,7 @@ from datetime import timezone
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
-from wuji_common.events import CHANNELS, CHINA_TIME, SATISFACTION
+from wuji_common.events import CHANNELS, CHINA_TIME, RECEPTION_LEVELS, SATISFACTION
 
 PHONE = re.compile(r"^(1[3-9]\d{9}|0\d{2,3}-?\d{7,8})$")  # mobile, or landline with area code
 ID_NUMBER = re.compile(r"^\d{17}[\dXx]$")
@@ -55,6 +55,9 @@ class AppealSubmissionSchema(Strict):
     citizen = fields.Nested(CitizenSchema, load_default=None, allow_none=True)
     anonymous = fields.Boolean(load_default=False)
     location = fields.Nested(LocationSchema, required=True)
+    # where the appeal was received (接待层级); e.g. the district's video reception or 12345 hotline
+    reception_level = fields.String(load_default=None, allow_none=True,
+                                    validate=validate.OneOf(RECEPTION_LEVELS))
     attachments = fields.List(fields.Url(validate=validate.Length(max=500)), load_default=list,
                               validate=validate.Length(max=10))
 

@@ -166,3 +166,13 @@ def test_a_late_event_does_not_turn_the_status_back(intake_db, appeal_payload):
     handlers.apply_order_event(uow(), "intake.test", resolved)
     handlers.apply_order_event(uow(), "intake.test", accepted)  # older, delivered later
     assert handlers.staff_view(uow(), case_no)["status"] == "resolved"
+
+
+def test_reception_level_travels_with_the_appeal(intake_db, appeal_payload):
+    _, uow = intake_db
+    handlers.submit_appeal(uow(), {**appeal_payload, "reception_level": "district"}, citizen_key="k")
+    [event] = outbox_events(uow)
+    assert event["data"]["reception_level"] == "district"
+    with pytest.raises(ValidationError) as err:
+        handlers.submit_appeal(uow(), {**appeal_payload, "reception_level": "province"}, citizen_key="k")
+    assert "reception_level" in err.value.fields
