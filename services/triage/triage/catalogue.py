@@ -12,10 +12,18 @@ def _limit(limit):
     return {"accept_hours": limit.accept_hours, "resolve_hours": limit.resolve_hours}
 
 
-def services_catalogue(uow, taxonomy):
+def _policy(policies, item, urgency):
+    policy = policies.pick(item.code, item.category, urgency)
+    return {"code": policy.code, "name": policy.name, "version": policy.version, **policy.describe()}
+
+
+def services_catalogue(uow, taxonomy, policies=None):
     """``{"taxonomy_version", "categories": [{code, name}], "items": [...]}``; items in the file's order,
     each with code, name, category, category_name, level, department (+ its name), co_handlers,
-    keywords, default (the category's default item) and time_limit ``{normal, urgent}`` in hours."""
+    keywords, default (the category's default item), the taxonomy's time_limit ``{normal, urgent}``
+    in hours and, when the time-limit policies (policies.yml) are in force, ``time_policy``
+    ``{normal, urgent}``: the policy an order of the item gets (code, name, version, report_in,
+    first_contact, resolve, extension_max as "<amount> <unit>")."""
     codes = {i.department for i in taxonomy.items.values() if i.department}
     with uow:
         names = dict(uow.session.execute(select(Unit.code, Unit.name).where(Unit.code.in_(codes))).all())
@@ -28,6 +36,8 @@ def services_catalogue(uow, taxonomy):
                 "department_name": names.get(item.department), "co_handlers": list(item.co_handlers),
                 "keywords": list(item.keywords), "default": item.code == category.default_item,
                 "time_limit": {"normal": _limit(item.policy.normal), "urgent": _limit(item.policy.urgent)},
+                "time_policy": {"normal": _policy(policies, item, "normal"),
+                                "urgent": _policy(policies, item, "urgent")} if policies else None,
             })
     return {"taxonomy_version": taxonomy.version,
             "categories": [{"code": c.code, "name": c.name} for c in taxonomy.categories.values()],

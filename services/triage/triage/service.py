@@ -79,7 +79,7 @@ class TriageService:
     @rpc
     def services_catalogue(self):
         """The taxonomy's categories and items (事项目录) with level, department and time limits."""
-        return services_catalogue(self.uow(), self.router.taxonomy)
+        return services_catalogue(self.uow(), self.router.taxonomy, self.router.policies)
 
     @rpc(expected_exceptions=EXPECTED)
     def accept_order(self, order_no, unit_code, idempotency_key):
