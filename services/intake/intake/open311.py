@@ -240,8 +240,25 @@ def _handled_by(item):
     return f"由{item['department_name'] or item['department']}办理"
 
 
+LIMIT_UNITS = {"minutes": "分钟", "hours": "小时", "days": "天", "working_hours": "个工作小时",
+               "working_days": "个工作日"}
+
+
+def _limit(text):
+    """triage's "<amount> <unit>" (e.g. "7 working_days") in words: 7个工作日."""
+    amount, _, unit = text.partition(" ")
+    return f"{float(amount):g}{LIMIT_UNITS.get(unit, unit)}"
+
+
 def service_notice(item):
-    """What the requester can expect, from the item's time limits (限时办结)."""
+    """What the requester can expect: who handles the item and its time limits (限时办结), from the
+    time-limit policy an order of the item gets, else from the taxonomy's own limits."""
+    policy = item.get("time_policy")
+    if policy:
+        normal, urgent = policy["normal"], policy["urgent"]
+        return (f"{_handled_by(item)}，{normal['name']}时限：{_limit(normal['report_in'])}内签收、"
+                f"{_limit(normal['resolve'])}内办结；紧急情况{_limit(urgent['report_in'])}内签收、"
+                f"{_limit(urgent['resolve'])}内办结。承办单位以实际派单为准。")
     normal, urgent = item["time_limit"]["normal"], item["time_limit"]["urgent"]
     return (f"{_handled_by(item)}，一般{_duration(normal['accept_hours'])}内签收、"
             f"{_duration(normal['resolve_hours'])}内办结；紧急情况{_duration(urgent['accept_hours'])}内签收、"

@@ -271,6 +271,13 @@ def test_services_are_the_taxonomy_items_with_groups_and_keywords():
 def test_service_notice_states_the_time_limits():
     assert open311.service_notice(WAGES) == ("由区人力资源和社会保障局办理，一般2小时内签收、36小时内办结；"
                                              "紧急情况1小时内签收、1天内办结。承办单位以实际派单为准。")
+    # with triage's time-limit policies in force, theirs (as the orders get them)
+    complex_ = {"code": "complex", "name": "复杂类", "version": "v", "report_in": "4 working_hours",
+                "first_contact": "2 working_days", "resolve": "15 working_days", "extension_max": None}
+    urgent = {**complex_, "code": "urgent", "name": "紧急类", "report_in": "15 minutes", "resolve": "2 hours"}
+    assert open311.service_notice({**WAGES, "time_policy": {"normal": complex_, "urgent": urgent}}) == (
+        "由区人力资源和社会保障局办理，复杂类时限：4个工作小时内签收、15个工作日内办结；"
+        "紧急情况15分钟内签收、2小时内办结。承办单位以实际派单为准。")
 
 
 def test_api_keys_come_from_configuration_and_are_checked():
