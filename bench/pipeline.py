@@ -247,7 +247,7 @@ def main():
     db_urls = Platform.server_urls(PG, prefix)
     mailbox = Mailbox(workdir).start()
     platform = Platform(amqp_uri, db_urls, workdir / "log",
-                        env={"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(mailbox.port)})
+                        env=mailbox.env())
     try:
         raw = [raw_broker_rate(amqp_uri, args.raw_messages) for _ in range(args.repeats)]
         raw_rate = statistics.median(raw)

@@ -57,7 +57,8 @@ def main():
     mailbox = Mailbox(VAR, port=SMTP_PORT) if not port_open(SMTP_PORT) else None
     platform = Platform(args.amqp_uri, db_urls, VAR / "log", api_port=args.api_port,
                         metrics_ports=dict(DEFAULT_METRICS_PORTS),
-                        env={"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(SMTP_PORT)})
+                        env=mailbox.env() if mailbox else {"SMTP_HOST": "127.0.0.1",
+                                                           "SMTP_PORT": str(SMTP_PORT)})
 
     say("Wuji 五集: preparing databases and queues")
     try:

@@ -28,7 +28,7 @@ def platform(request, amqp_vhost, tmp_path, mailbox):
             db_urls[service], name = new_postgres_database(f"wuji_e2e_{service}")
             databases.append(name)
     p = Platform(f"{AMQP_HOST}/{vhost}", db_urls, tmp_path / "log",
-                 env={"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(mailbox.port)})
+                 env=mailbox.env())
     p.mailbox = mailbox
     try:
         p.prepare()

@@ -35,7 +35,7 @@ def run_platform(vhost_uri, tmp_path, mailbox):
     started = []
 
     def run(db_urls, instances=1, max_workers=None):
-        env = {**FAST, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(mailbox.port)}
+        env = {**FAST, **mailbox.env()}
         if max_workers:
             env.update({f"{service.upper()}_MAX_WORKERS": str(max_workers) for service in SERVICES})
         platforms = [Platform(vhost_uri, db_urls, tmp_path / "log" / str(n), env=env)

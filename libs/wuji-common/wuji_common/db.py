@@ -54,7 +54,7 @@ def make_engine(url, **kwargs):
         # overflow; few idle connections are kept, so that five services (and their replicas)
         # stay well within PostgreSQL's default of 100 connections
         kwargs.setdefault("pool_size", 4)
-        kwargs.setdefault("max_overflow", 12)
+        kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
 

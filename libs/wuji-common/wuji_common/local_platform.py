@@ -57,6 +57,11 @@ class Mailbox:
             return []
         return list(mbox.Maildir(str(self.directory), create=False))
 
+    def env(self):
+        """What notify needs to send here: the address, and no sending limit (the limit in notify's
+        config protects a real mail relay; this local mailbox has none)."""
+        return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.port), "NOTIFY_RATE_LIMIT_EMAIL": "0"}
+
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=10)

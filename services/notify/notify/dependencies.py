@@ -103,3 +103,27 @@ class NotificationRules(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return self.rules
+
+
+class Senders(DependencyProvider):
+    """A bounded pool of green threads that send reserved deliveries after the event handler has
+    committed the reservation and returned, so that the rate at which events are taken off the queue
+    does not fall to the rate at which providers accept messages. A send cut off by a stop or a crash
+    stays reserved, and the sweep sends it (it runs at start, too). Config ``SENDERS`` (default 6: each
+    holds a database connection while it claims and records)."""
+
+    def setup(self):
+        import eventlet
+        self.pool = eventlet.GreenPool(int(self.container.config.get("SENDERS", 6)))
+
+    def stop(self):
+        import eventlet
+        with eventlet.Timeout(20, False):  # shorter than the deployment's grace period
+            self.pool.waitall()
+
+    def kill(self):
+        for thread in list(self.pool.coroutines_running):
+            thread.kill()
+
+    def get_dependency(self, worker_ctx):
+        return self.pool.spawn_n

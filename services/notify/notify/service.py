@@ -21,6 +21,7 @@ from prometheus_client import Counter
 from notify import handlers
 from notify.dependencies import (
     BoundedRpcProxy, Channels, DeliveryPolicy, MetricsExporter, NotificationRules, NotifyDatabase,
+    Senders,
 )
 from wuji_common.entrypoints import config_timer, event_handler
 from wuji_common.errors import EXPECTED
@@ -41,6 +42,7 @@ class NotifyService:
     channels = Channels()
     policy = DeliveryPolicy()
     rules = NotificationRules()
+    senders = Senders()
     metrics = MetricsExporter()
 
     def _outside(self):
@@ -55,12 +57,14 @@ class NotifyService:
     def _notify(self, method_name, envelope):
         ids = handlers.record_event(self.uow(), f"notify.{method_name}", envelope, self.rules,
                                     handlers.available_channels(self.channels.channels), self.policy)
+        # reserved and committed: sending goes on after this handler returns (and acks the event)
+        outside = self._outside()
         for delivery_id in ids:
-            self._deliver_now(delivery_id)
+            self.senders(self._deliver_now, delivery_id, outside)
 
-    def _deliver_now(self, delivery_id):
+    def _deliver_now(self, delivery_id, outside=None):
         try:
-            done = handlers.deliver(self.uow(), delivery_id, self._outside(), self.policy)
+            done = handlers.deliver(self.uow(), delivery_id, outside or self._outside(), self.policy)
         except Exception:
             # it is reserved: the sweep sends it later; the event itself must not be retried for it
             log.warning("delivery %s left for the sweep", delivery_id, exc_info=True)

@@ -126,7 +126,10 @@ def test_receipt_is_mailed_once_when_the_event_arrives_twice(notify, publish, rp
     for _ in range(2):
         with entrypoint_waiter(notify, "on_appeal_received", timeout=20):
             publish(envelope)
-    [delivery] = log_of(rpc_notify, case_no)  # SMS and WeChat are not configured here: e-mail
+    # the handler reserves; a sender sends after it returned
+    [delivery] = wait_until(lambda: [d for d in log_of(rpc_notify, case_no) if d["status"] == "sent"],
+                            what="the receipt sent")  # SMS and WeChat are not configured here: e-mail
+    assert len(log_of(rpc_notify, case_no)) == 1
     assert (delivery["status"], delivery["address"], delivery["attempts"]) == ("sent", "z***@example.com", 1)
     [mail] = smtp_sink.received(Subject=case_no)
     assert mail["Message-ID"] == f"<{delivery['delivery_id']}@demo.wuji.local>"
@@ -159,11 +162,13 @@ def test_citizens_are_told_on_wechat_else_by_sms(container_factory, phone_config
     for case_no in (follower, texter):
         with entrypoint_waiter(notify, "on_appeal_received", timeout=20):
             publish(received(case_no))
+    wait_until(lambda: wechat.sent() and sms.accepted(), what="both citizens told")
     [message] = wechat.sent()
     assert (message["touser"], message["data"]["character_string2"]["value"]) == ("oWx1234567890", follower)
     [text] = sms.accepted()
     assert (text["PhoneNumbers"], text["TemplateCode"]) == ("13987654321", "SMS_RECEIPT")
     assert json.loads(text["TemplateParam"])["case_no"] == texter
+    wait_until(lambda: log_of(rpc_notify, texter)[-1]["status"] == "sent", what="the SMS recorded")
     assert [(d["channel"], d["status"], d["address"]) for d in log_of(rpc_notify, texter)] == [
         ("wechat", "skipped", None), ("sms", "sent", "139****4321")]
 
