@@ -9,7 +9,7 @@ import pytest
 
 from triage import classifier as clf
 
-# The shared/ data folder sits beside the repository root (/work/shared next to /work/main);
+# The shared/ data folder sits beside the repository root (../shared next to the checkout);
 # parents[4] is the repository root itself, also accepted in case shared/ is placed inside it.
 _HERE = Path(__file__).resolve()
 TRAINING_FILE = next((p for p in (_HERE.parents[5] / "shared" / "data" / "appeals-train.csv",
