@@ -7,8 +7,6 @@ in, plan, operation completed, order resolved). Each envelope is checked with js
 message's payload schema."""
 import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -18,6 +16,8 @@ from kombu import Connection, Exchange, Queue
 from nameko.standalone.rpc import ClusterRpcProxy
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
+
+from wuji_common.testing_helpers import eventually, http_json as http
 
 DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
 DOCUMENT_URI = "urn:wuji:asyncapi"
@@ -63,26 +63,6 @@ def test_the_check_refuses_what_the_document_does_not_promise(validate):
                   {"data": {**envelope["data"], "accepted_at": "tomorrow"}},
                   {"data": {**envelope["data"], "phone": "13912345678"}}):
         assert validate({**envelope, **wrong}), wrong
-
-
-def http(method, url, body=None):
-    data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def eventually(probe, timeout=30, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 class Tap:

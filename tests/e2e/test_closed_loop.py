@@ -2,8 +2,6 @@
 PostgreSQL: submit → dispatched → accepted → resolved → rated → closed, and unsatisfied → reopened."""
 import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 from datetime import date, timedelta
 
@@ -12,6 +10,7 @@ from kombu import Connection, Exchange, Queue
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from wuji_common.errors import NotYourOrder
+from wuji_common.testing_helpers import eventually, http_json as http
 
 APPEAL = {
     "channel": "wechat",
@@ -22,27 +21,6 @@ APPEAL = {
     "location": {"town_code": "370404101", "village": "370404101201", "address": "金寺村西街8号"},
 }
 PERSONAL = ("李四", "13912345678", "11010519491231002X", "lisi@example.com", "金寺村西街8号")
-
-
-def http(method, url, body=None, headers=None):
-    data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def eventually(probe, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def tap_all_events(amqp_uri):

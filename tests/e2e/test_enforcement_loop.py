@@ -2,14 +2,12 @@
 to bound the time): a citizen's appeal → work order accepted → the town blows the whistle for it →
 every called force reports in → the operation is planned and completed → triage resolves the order →
 the citizen sees it resolved and is told (a result mail inviting a rating)."""
-import json
-import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
+
+from wuji_common.testing_helpers import eventually, http_json as http
 
 APPEAL = {
     "channel": "web",
@@ -19,27 +17,6 @@ APPEAL = {
     "location": {"town_code": "370404100", "address": "古邵镇主街12号"},
 }
 PERSONAL = ("王五", "13700001111", "wangwu@example.com", "古邵镇主街12号")
-
-
-def http(method, url, body=None, headers=None):
-    data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def eventually(probe, timeout=30, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 @pytest.mark.slow

@@ -67,3 +67,28 @@ def publish_event(amqp_uri, envelope):
                          routing_key=envelope["type"], content_type="application/json",
                          content_encoding="utf-8", delivery_mode=2, declare=[exchange],
                          message_id=envelope["event_id"])
+
+
+def http_json(method, url, body=None, headers=None, timeout=10):
+    """(status, decoded JSON body) of a JSON request, for 4xx/5xx answers too."""
+    import urllib.error
+    import urllib.request
+    data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def eventually(probe, timeout=30, what="condition", interval=0.2):
+    """Poll ``probe()`` until it returns something truthy and return that; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s")
