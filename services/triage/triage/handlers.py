@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from triage import domain, supervision
+from triage.orders import event_base, order_for_unit
 from triage.domain import aware
 from triage.models import (
     Appeal, DispatcherDecision, Division, Hotspot, HotspotMember, ProgressNote, Unit, WorkOrder,
@@ -33,7 +34,7 @@ from triage.schemas import (
     OrderSummarySchema, ProgressSchema, ResolveOrderSchema, ReturnOrderSchema, ReviewItemSchema,
     RouteManuallySchema,
 )
-from wuji_common.errors import InvalidTransition, NotFound, NotYourOrder, ValidationError
+from wuji_common.errors import InvalidTransition, NotFound, ValidationError
 from wuji_common.events import CATALOGUE, CHINA_TIME
 from wuji_common.privacy import redact_text
 
@@ -232,7 +233,7 @@ def _announce_dispatch(uow, appeal, order, routing):
     """``order_dispatched`` (the unit and its co-handlers are told), and ``enforcement_requested``
     when the item needs joint enforcement at once and the case has not asked for it yet."""
     uow.emit("order_dispatched", appeal.case_no, {
-        **_event_base(order), "unit_name": order.unit_name, "level": order.level,
+        **event_base(order), "unit_name": order.unit_name, "level": order.level,
         "accept_due_at": iso(order.accept_due_at), "resolve_due_at": iso(order.resolve_due_at),
         "policy": order.policy, "router_version": order.router_version,
         "confidence": order.confidence, "title": appeal.title, "co_handlers": list(routing.co_handlers),
@@ -250,10 +251,6 @@ def _enforcement_asked(s, case_no):
     return s.execute(select(WorkOrder.id).where(WorkOrder.case_no == case_no,
                                                 WorkOrder.enforcement_requested.is_(True))).first() is not None
 
-
-def _event_base(order):
-    return {"order_no": order.order_no, "unit_code": order.unit_code, "town_code": order.town_code,
-            "category": order.category, "status": order.status}
 
 
 def _active_order(s, case_no):
@@ -414,14 +411,6 @@ def _cluster_size(s, hotspot_id):
 
 # --- the unit's actions -----------------------------------------------------------------------
 
-def _order_for_unit(s, order_no, unit_code):
-    order = s.execute(select(WorkOrder).where(WorkOrder.order_no == order_no)).scalar_one_or_none()
-    if order is None:
-        raise NotFound(f"工单 {order_no} 不存在")
-    if order.unit_code != unit_code:
-        raise NotYourOrder(f"工单 {order_no} 未派给 {unit_code}")
-    return order
-
 
 def _scoped_key(args):
     # a key is the caller's own: the same key from another unit or for another order is another call
@@ -447,13 +436,13 @@ def accept_order(uow, order_no, unit_code, idempotency_key, now=None):
         earlier = uow.recall("accept_order", key)
         if earlier is not None:
             return earlier
-        order = _order_for_unit(uow.session, order_no, unit_code)
+        order = order_for_unit(uow.session, order_no, unit_code)
         order.status = domain.next_status("accept", order.status)
         now = now or domain.utcnow()
         order.accepted_at = order.updated_at = now
         supervision.stop_clock(uow.session, order.order_no, "report_in", now)
         uow.emit("order_accepted", order.case_no, {
-            **_event_base(order), "accepted_at": iso(now),
+            **event_base(order), "accepted_at": iso(now),
             "within_deadline": domain.within(now, aware(order.accept_due_at))})
         return _finish(uow, "accept_order", key, order)
 
@@ -471,7 +460,7 @@ def return_order(uow, router, order_no, unit_code, reason, idempotency_key, now=
         if earlier is not None:
             return earlier
         s = uow.session
-        order = _order_for_unit(s, order_no, unit_code)
+        order = order_for_unit(s, order_no, unit_code)
         if order.unit_code == domain.COMMAND_CENTRE:
             raise InvalidTransition("指挥中心为兜底承办单位，不能退单，请改派或办理")
         order.status = domain.next_status("return", order.status)
@@ -485,7 +474,7 @@ def return_order(uow, router, order_no, unit_code, reason, idempotency_key, now=
             WorkOrder.case_no == order.case_no, WorkOrder.status == "returned")).scalars())
         appeal = s.get(Appeal, order.case_no)
         assessment = router.assess(appeal.title, appeal.content)
-        uow.emit("order_returned", order.case_no, {**_event_base(order),
+        uow.emit("order_returned", order.case_no, {**event_base(order),
                                                    "reason": redact_text(args["reason"])})
         if router.taxonomy.review.returned_orders == "review":
             # 退单审核: a dispatcher decides where it goes next
@@ -509,13 +498,13 @@ def add_progress(uow, order_no, unit_code, note, idempotency_key, now=None):
         if earlier is not None:
             return earlier
         s = uow.session
-        order = _order_for_unit(s, order_no, unit_code)
+        order = order_for_unit(s, order_no, unit_code)
         order.status = domain.next_status("progress", order.status)
         now = now or domain.utcnow()
         order.updated_at = now
         s.add(ProgressNote(order_no=order_no, unit_code=unit_code, note=args["note"], at=now))
         supervision.stop_clock(s, order_no, "first_contact", now)
-        uow.emit("order_progressed", order.case_no, {**_event_base(order),
+        uow.emit("order_progressed", order.case_no, {**event_base(order),
                                                      "note": redact_text(args["note"])})
         return _finish(uow, "add_progress", key, order)
 
@@ -530,7 +519,7 @@ def resolve_order(uow, order_no, unit_code, resolution, idempotency_key, now=Non
         earlier = uow.recall("resolve_order", key)
         if earlier is not None:
             return earlier
-        order = _order_for_unit(uow.session, order_no, unit_code)
+        order = order_for_unit(uow.session, order_no, unit_code)
         order.status = domain.next_status("resolve", order.status)
         _resolve(uow, order, args["resolution"], now or domain.utcnow())
         return _finish(uow, "resolve_order", key, order)
@@ -543,7 +532,7 @@ def _resolve(uow, order, resolution, now):
         supervision.stop_clock(uow.session, order.order_no, clock, now)
     supervision.close_tickets(uow.session, order.order_no, now)
     uow.emit("order_resolved", order.case_no, {
-        **_event_base(order), "resolution": redact_text(resolution), "resolved_at": iso(now),
+        **event_base(order), "resolution": redact_text(resolution), "resolved_at": iso(now),
         "within_deadline": domain.within(now, aware(order.resolve_due_at))})
 
 
@@ -575,13 +564,13 @@ def apply_rating(uow, consumer, envelope, now=None):
             s.flush()
             supervision.restart_resolve(s, order, now)
             uow.emit("order_reopened", order.case_no, {
-                **_event_base(order), "reopen_count": order.reopen_count,
+                **event_base(order), "reopen_count": order.reopen_count,
                 "resolve_due_at": iso(order.resolve_due_at)})
         else:
             order.status = domain.next_status("close", order.status)
             order.closed_at = now
             uow.emit("order_closed", order.case_no, {
-                **_event_base(order), "satisfaction": data["satisfaction"], "closed_at": iso(now)})
+                **event_base(order), "satisfaction": data["satisfaction"], "closed_at": iso(now)})
         uow.commit()
         return order.status
 
@@ -666,7 +655,7 @@ def route_manually(uow, router, order_no, unit_code, category, item, idempotency
             supervision.leave_clocks(s, target.order_no, now)
             supervision.close_tickets(s, target.order_no, now)
             s.flush()  # the superseded order leaves the active slot before its successor takes it
-            uow.emit("order_returned", target.case_no, {**_event_base(target), "reason": "调度员改派"})
+            uow.emit("order_returned", target.case_no, {**event_base(target), "reason": "调度员改派"})
             carried = _open_order(uow, appeal, routing, now, previous=target)
         s.add(DispatcherDecision(
             case_no=appeal.case_no, order_no=args["order_no"], new_order_no=carried.order_no, kind=kind,

@@ -27,7 +27,8 @@ from triage import clocks, domain
 from triage.calendar import working_calendar
 from triage.domain import aware
 from triage.models import ClockFire, ClockRequest, OrderClock, SupervisionTicket, Urge, WorkOrder
-from wuji_common.errors import InvalidTransition, NotFound, NotYourOrder, ValidationError
+from triage.orders import event_base, order_for_unit
+from wuji_common.errors import InvalidTransition, NotFound, ValidationError
 from wuji_common.events import CHINA_TIME
 from wuji_common.privacy import redact_text
 
@@ -239,7 +240,7 @@ def request_clock_change(uow, kind, order_no, unit_code, days, reason, idempoten
         if earlier is not None:
             return earlier
         s = uow.session
-        order = _order_of_unit(s, args["order_no"], args["unit_code"])
+        order = order_for_unit(s, args["order_no"], args["unit_code"])
         resolve = _resolve_clock(s, order)
         if resolve is None or order.status not in OPEN_ORDER:
             raise InvalidTransition("工单未在办理中，不能申请延期或挂账")
@@ -262,7 +263,7 @@ def request_clock_change(uow, kind, order_no, unit_code, days, reason, idempoten
             status="pending")
         s.add(request)
         uow.emit(f"order_{kind}_requested", order.case_no, {
-            **_order_base(order), "request_id": request.request_id, "days": args["days"],
+            **event_base(order), "request_id": request.request_id, "days": args["days"],
             "reason": redact_text(args["reason"]), "resolve_due_at": _iso(resolve.due_at)})
         s.flush()
         result = request_view(request)
@@ -311,7 +312,7 @@ def decide_clock_change(uow, kind, request_id, approve, supervisor, note, idempo
                     clock.resumes_at = now + timedelta(days=request.days)
                     clock.next_check_at = clock.resumes_at
         uow.emit(f"order_{kind}_decided", order.case_no, {
-            **_order_base(order), "request_id": request.request_id, "approved": args["approve"],
+            **event_base(order), "request_id": request.request_id, "approved": args["approve"],
             "days": request.days, "resolve_due_at": _iso(order.resolve_due_at)})
         s.flush()
         result = request_view(request)
@@ -330,7 +331,7 @@ def resume(uow, order_no, unit_code, idempotency_key, now=None):
         if earlier is not None:
             return earlier
         s = uow.session
-        order = _order_of_unit(s, order_no, unit_code)
+        order = order_for_unit(s, order_no, unit_code)
         paused = [c for c in _running(s, order_no) if c.paused_at is not None]
         if not paused:
             raise InvalidTransition("工单未挂账")
@@ -374,18 +375,6 @@ def _resolve_clock(s, order):
         OrderClock.stopped_at.is_(None))).scalar_one_or_none()
 
 
-def _order_of_unit(s, order_no, unit_code):
-    order = s.execute(select(WorkOrder).where(WorkOrder.order_no == order_no)).scalar_one_or_none()
-    if order is None:
-        raise NotFound(f"工单 {order_no} 不存在")
-    if order.unit_code != unit_code:
-        raise NotYourOrder(f"工单 {order_no} 未派给 {unit_code}")
-    return order
-
-
-def _order_base(order):
-    return {"order_no": order.order_no, "unit_code": order.unit_code, "town_code": order.town_code,
-            "category": order.category, "status": order.status}
 
 
 def request_view(r):
@@ -471,7 +460,7 @@ def urge(uow, order_no, supervisor, note, idempotency_key, now=None):
                       town_code=order.town_code, supervisor=args["supervisor"], note=args["note"],
                       issued_at=now)
         s.add(record)
-        uow.emit("order_urged", order.case_no, {**_order_base(order), "urge_id": record.urge_id,
+        uow.emit("order_urged", order.case_no, {**event_base(order), "urge_id": record.urge_id,
                                                  "ticket_no": ticket, "note": redact_text(args["note"])})
         s.flush()
         result = urge_view(record)
