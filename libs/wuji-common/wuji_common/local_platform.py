@@ -1,6 +1,7 @@
 """The whole platform as local processes (`nameko run`, one per service), for `make run`, the
 cross-service tests and the benchmarks: prepare the databases and queues, start, kill -9, restart."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,10 +15,38 @@ SERVICES = ("intake", "triage", "enforcement", "notify", "metrics")
 DEFAULT_METRICS_PORTS = {"intake": 9101, "triage": 9102, "enforcement": 9103, "notify": 9104, "metrics": 9105}
 
 
+_handed_out = set()
+
+
+def _ephemeral_range():
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now and stays free until a service binds it.
+
+    Asking the kernel for port 0 hands out an *ephemeral* port, which any outgoing connection (a
+    service's AMQP or PostgreSQL client) may take before our service binds it — CI saw exactly that
+    with ten processes starting at once. So pick below the ephemeral range, never twice per process.
+    """
+    low, _ = _ephemeral_range()
+    start, stop = (20000, low) if low > 21000 else (low - 1000 if low > 2024 else 1024, low)
+    for _ in range(200):
+        port = random.randrange(start, stop)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def port_open(port, host="127.0.0.1"):

@@ -1,18 +1,13 @@
 """Helpers for tests that watch the broker: bind a queue to events before they are published, read
 what arrived, and pick free ports."""
 import json
-import socket
 import time
 import uuid
 
 from kombu import Connection, Queue
 from nameko.standalone.events import get_event_exchange
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from wuji_common.local_platform import free_port  # noqa: F401  (tests import it from here)
 
 
 class EventTap:
