@@ -37,8 +37,13 @@ class InvalidTransition(WujiError):
 
 
 @deserialize_to_instance
+class Unauthenticated(WujiError):
+    """No token, or a token that is forged, expired, revoked or signed with an unknown key."""
+
+
+@deserialize_to_instance
 class Forbidden(WujiError):
-    pass
+    """The caller is known but its role or scope does not allow this (another unit's order, …)."""
 
 
 @deserialize_to_instance
@@ -46,4 +51,4 @@ class RpcTimeout(WujiError):
     """A call to another service did not answer within its bound."""
 
 
-EXPECTED = (ValidationError, NotFound, NotYourOrder, InvalidTransition, Forbidden)
+EXPECTED = (ValidationError, NotFound, NotYourOrder, InvalidTransition, Forbidden, Unauthenticated)
