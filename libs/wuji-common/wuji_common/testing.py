@@ -16,6 +16,10 @@ from sqlalchemy import create_engine, pool, text
 
 AMQP_HOST = os.environ.get("WUJI_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 PG_BASE = os.environ.get("WUJI_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+# intake encrypts contact data with keys from the environment; tests (and the processes they start)
+# use this fixed test key unless one is given
+TEST_CONTACT_KEY = "3Eg-u_FCtG5ZfHz4R8g3MfEsYs0c-a8es_0E3ReHdGA="
+os.environ.setdefault("WUJI_CONTACT_KEYS", TEST_CONTACT_KEY)
 
 
 def _rabbitmqctl(*args):

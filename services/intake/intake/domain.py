@@ -31,10 +31,36 @@ def citizen_ref(key, phone=None, id_number=None):
     return hmac.new(key.encode("utf-8"), value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
-def redact_text(text, citizen=None):
+def redact_text(text, citizen=None, hide_identity=False):
     """The appeal's text as it may leave intake: the citizen's phone, ID number or name written
-    into the message itself are masked before the text goes into an event."""
-    return privacy.redact_text(text, names=[citizen["name"]] if citizen and citizen.get("name") else ())
+    into the message itself are masked before the text goes into an event; with "hide my identity
+    from the unit" the name is removed altogether (a masked family name can be enough to tell)."""
+    name = citizen.get("name") if citizen else None
+    text = privacy.redact_text(text, names=[name] if name and not hide_identity else ())
+    if name and hide_identity and text:
+        text = text.replace(name, "[姓名已隐藏]")
+    return text
+
+
+# roles that work a unit's (or a force's) orders: they see the matter, and the person only when
+# the citizen did not ask to stay hidden from the unit
+UNIT_ROLES = frozenset({"grid_worker", "unit_clerk", "unit_head", "force"})
+# who may see a contact unmasked (with a reason, audited): supervisors and the district leader on
+# any case; the head of the unit holding the order on that case, unless the citizen hid their
+# identity from the unit
+REVEAL_ANY_ROLES = frozenset({"supervisor", "district_leader"})
+REVEAL_OWN_ORDER_ROLES = frozenset({"unit_head"})
+
+
+def identity_hidden_from(caller_role, appeal_hides_identity):
+    return bool(appeal_hides_identity) and caller_role in UNIT_ROLES
+
+
+def may_reveal(caller_role, caller_unit, appeal_unit, appeal_hides_identity):
+    if caller_role in REVEAL_ANY_ROLES:
+        return True
+    return (caller_role in REVEAL_OWN_ORDER_ROLES and caller_unit is not None
+            and caller_unit == appeal_unit and not appeal_hides_identity)
 
 
 def masked_citizen(contact):
@@ -42,6 +68,12 @@ def masked_citizen(contact):
         return None
     return {"name": mask_name(contact.name), "phone": mask_phone(contact.phone),
             "id_number": mask_id_number(contact.id_number)}
+
+
+def retention_cutoff(now, days):
+    """Closed cases last changed before this lose their personal data."""
+    from datetime import timedelta
+    return now - timedelta(days=days)
 
 
 STATUS_TEXT = {

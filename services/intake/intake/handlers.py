@@ -5,10 +5,11 @@ import json
 from datetime import datetime, timezone
 
 from marshmallow import ValidationError as SchemaError
-from sqlalchemy import select, update
+from sqlalchemy import Column, MetaData, String, Table, Text, select, update
 
-from intake import domain
+from intake import domain, encryption
 from intake.models import Appeal, CitizenContact, Division, TimelineEntry
+from wuji_common import audit, privacy
 from intake.schemas import (
     AppealSubmissionSchema, PublicAppealSchema, RatingSchema, StaffAppealSchema,
 )
@@ -62,7 +63,7 @@ def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None, 
             content=data["content"], town_code=location["town_code"], village_code=village_code,
             lat=location.get("lat"), lon=location.get("lon"),
             attachments=json.dumps(data["attachments"]), anonymous=data["anonymous"],
-            reception_level=data["reception_level"],
+            hide_identity=data["hide_identity"], reception_level=data["reception_level"],
             citizen_ref=domain.citizen_ref(citizen_key, citizen["phone"], citizen.get("id_number"))
             if citizen else None,
             tracking_token_hash=domain.token_hash(token), status="received",
@@ -78,9 +79,10 @@ def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None, 
                 address=location.get("address")))
         s.add(TimelineEntry(case_no=appeal.case_no, at=now, status="received",
                             text=domain.timeline_text("appeal_received", {})))
+        hide = appeal.hide_identity
         uow.emit("appeal_received", appeal.case_no, {
-            "channel": appeal.channel, "title": domain.redact_text(appeal.title, citizen),
-            "content": domain.redact_text(appeal.content, citizen),
+            "channel": appeal.channel, "title": domain.redact_text(appeal.title, citizen, hide),
+            "content": domain.redact_text(appeal.content, citizen, hide),
             "town_code": appeal.town_code, "village_code": appeal.village_code,
             "anonymous": appeal.anonymous, "citizen_ref": appeal.citizen_ref,
             "reception_level": appeal.reception_level,
@@ -117,32 +119,75 @@ def public_view(uow, case_no, token):
         })
 
 
-def staff_view(uow, case_no):
-    """The case for staff: personal data masked (138****5678)."""
+def _appeal(s, case_no):
+    appeal = s.execute(select(Appeal).where(Appeal.case_no == case_no)).scalar_one_or_none()
+    if appeal is None:
+        raise NotFound(f"case {case_no} not found")
+    return appeal
+
+
+def staff_view(uow, case_no, caller=None):
+    """The case for staff: personal data masked (138****5678). A unit's staff see no person at all
+    when the citizen asked to hide their identity from the unit. The view is audited."""
+    role = getattr(caller, "role", None)
     with uow:
         s = uow.session
-        appeal = s.execute(select(Appeal).where(Appeal.case_no == case_no)).scalar_one_or_none()
-        if appeal is None:
-            raise NotFound(f"case {case_no} not found")
-        contact = None if appeal.anonymous else s.get(CitizenContact, case_no)
-        return StaffAppealSchema().dump({
-            "case_no": appeal.case_no, "channel": appeal.channel, "title": appeal.title,
-            "content": appeal.content, "town_code": appeal.town_code,
+        appeal = _appeal(s, case_no)
+        hidden = domain.identity_hidden_from(role, appeal.hide_identity)
+        stored = s.get(CitizenContact, case_no)
+        contact = None if appeal.anonymous or hidden else stored
+        # the text as triage got it: phones and ID numbers masked, the name masked or, when the
+        # citizen hid their identity from the unit, removed
+        person = {"name": stored.name} if stored is not None else None
+        view = StaffAppealSchema().dump({
+            "case_no": appeal.case_no, "channel": appeal.channel,
+            "title": domain.redact_text(appeal.title, person, appeal.hide_identity),
+            "content": domain.redact_text(appeal.content, person, appeal.hide_identity),
+            "town_code": appeal.town_code,
             "village_code": appeal.village_code, "anonymous": appeal.anonymous,
-            "status": appeal.status, "satisfaction": appeal.satisfaction,
+            "identity_hidden": hidden, "status": appeal.status, "satisfaction": appeal.satisfaction,
             "received_at": appeal.received_at, "citizen": domain.masked_citizen(contact),
             "timeline": _timeline(s, case_no),
         })
+        if contact is not None:  # a view of (masked) personal data leaves a trace
+            audit.record(uow, caller, "view_appeal", "appeal", case_no)
+            uow.commit()
+        return view
 
 
-def contact_for_notification(uow, case_no):
-    """Unmasked contact channels, for notify alone, at send time (never carried in events)."""
+def reveal_contact(uow, caller, case_no, reason):
+    """The citizen's contact unmasked, for a caller whose role needs it (domain.may_reveal), with
+    the reason recorded in the audit log in the same transaction. Refused otherwise."""
+    reason = (reason or "").strip()
+    if len(reason) < 4 or len(reason) > 500:
+        raise ValidationError("请说明查看诉求人信息的理由", {"reason": ["须填写 4 至 500 个字符的理由"]})
+    with uow:
+        s = uow.session
+        appeal = _appeal(s, case_no)
+        if not domain.may_reveal(getattr(caller, "role", None), getattr(caller, "unit_code", None),
+                                 appeal.unit_code, appeal.hide_identity):
+            raise Forbidden("无权查看该诉求人的完整信息")
+        contact = s.get(CitizenContact, case_no)
+        audit.record(uow, caller, "reveal_contact", "appeal", case_no, reason)
+        uow.commit()
+        if contact is None:
+            return None
+        return {"case_no": case_no, "name": contact.name, "phone": contact.phone,
+                "id_number": contact.id_number, "email": contact.email, "address": contact.address}
+
+
+def contact_for_notification(uow, case_no, caller=None):
+    """Unmasked contact channels, for notify alone, at send time (never carried in events).
+    Each read is audited (notify reading the contact of this case)."""
     with uow:
         contact = uow.session.get(CitizenContact, case_no)
         if contact is None:
             return None
-        return {"name": contact.name, "phone": contact.phone, "email": contact.email,
-                "wechat_openid": contact.wechat_openid}
+        found = {"name": contact.name, "phone": contact.phone, "email": contact.email,
+                 "wechat_openid": contact.wechat_openid}
+        audit.record(uow, caller, "contact_for_notification", "appeal", case_no, "notification")
+        uow.commit()
+        return found
 
 
 def rate_appeal(uow, case_no, token, payload, idempotency_key=None, now=None):
@@ -187,6 +232,7 @@ def apply_order_event(uow, consumer, envelope):
         at = datetime.fromisoformat(envelope["occurred_at"])
         if event_type == "order_dispatched":
             appeal.unit_name = data["unit_name"]
+            appeal.unit_code = data["unit_code"]  # whose head may see the contact (reveal_contact)
         # queues of different event types are consumed concurrently: a late event must not turn
         # the status back (accepted arriving after resolved stays in the timeline only)
         if status and at > _aware(appeal.updated_at):
@@ -209,3 +255,92 @@ def load_divisions(uow, rows):
                                        parent_code=row["parent_code"]))
         uow.commit()
     return len(rows)
+
+
+# --- personal data: keys and retention ---------------------------------------------------------
+
+# citizen_contacts as stored (ciphertext), for re-encryption without decrypting through the model
+_stored_contacts = Table("citizen_contacts", MetaData(), Column("case_no", String(32), primary_key=True),
+                         *(Column(name, Text) for name in CitizenContact.ENCRYPTED))
+FERNET_PREFIX = "gAAAAA"  # every Fernet token starts so (version byte 0x80 and a timestamp)
+
+
+def encrypt_contacts(connection, ring=None):
+    """Bring every stored contact value under the newest key: values under an older key are
+    re-encrypted, plain values (written before encryption at rest) encrypted. Counts what it did;
+    values under a key no longer configured are counted as unreadable and left alone."""
+    counts = {"rows": 0, "values_current": 0, "values_reencrypted": 0, "values_encrypted_from_plain": 0,
+              "values_unreadable": 0}
+    rows = connection.execute(select(_stored_contacts)).mappings().all()
+    if rows:
+        ring = ring or encryption.keys()
+    for row in rows:
+        counts["rows"] += 1
+        changes = {}
+        for name in CitizenContact.ENCRYPTED:
+            value = row[name]
+            if value is None:
+                continue
+            if value.startswith(FERNET_PREFIX) and ring.is_current(value):
+                counts["values_current"] += 1
+            elif value.startswith(FERNET_PREFIX) and ring.can_decrypt(value):
+                changes[name] = ring.rotate(value)
+                counts["values_reencrypted"] += 1
+            elif value.startswith(FERNET_PREFIX):
+                counts["values_unreadable"] += 1
+            else:
+                changes[name] = ring.encrypt(value)
+                counts["values_encrypted_from_plain"] += 1
+        if changes:
+            connection.execute(update(_stored_contacts)
+                               .where(_stored_contacts.c.case_no == row["case_no"]).values(**changes))
+    return counts
+
+
+def rotate_keys(uow, ring=None):
+    """``intake rotate-keys``: every contact under the newest key, in one transaction, audited."""
+    with uow:
+        counts = encrypt_contacts(uow.session.connection(), ring)
+        audit.record(uow, None, "rotate_keys", "citizen_contacts", None,
+                     f"{counts['values_reencrypted'] + counts['values_encrypted_from_plain']} values")
+        uow.commit()
+    return counts
+
+
+def apply_retention(uow, days, now=None, dry_run=False, batch=500):
+    """``intake retention``: closed cases last changed more than ``days`` ago lose their personal
+    data: the contact row is deleted, the keyed citizen reference cleared, and phones, ID numbers and
+    the name written into title and content are redacted. The appeal itself, its timeline, triage's
+    orders and metrics' figures stay, so statistics survive. Idempotent: an erased case is marked
+    and not counted again. Returns a report (JSON-ready)."""
+    now = now or _now()
+    cutoff = domain.retention_cutoff(now, days)
+    report = {"cutoff": cutoff.isoformat(), "retention_days": days, "dry_run": dry_run,
+              "cases_erased": 0, "contacts_deleted": 0, "citizen_refs_cleared": 0,
+              "texts_redacted": 0, "case_nos": []}
+    with uow:
+        s = uow.session
+        due = s.execute(select(Appeal).where(
+            Appeal.status == "closed", Appeal.updated_at < cutoff,
+            Appeal.personal_data_erased_at.is_(None)).order_by(Appeal.id).limit(batch * 100)).scalars().all()
+        for appeal in due:
+            contact = s.get(CitizenContact, appeal.case_no)
+            name = contact.name if contact is not None else None
+            title = privacy.redact_text(appeal.title, names=[name] if name else ())
+            content = privacy.redact_text(appeal.content, names=[name] if name else ())
+            report["cases_erased"] += 1
+            report["case_nos"].append(appeal.case_no)
+            report["contacts_deleted"] += contact is not None
+            report["citizen_refs_cleared"] += appeal.citizen_ref is not None
+            report["texts_redacted"] += (title, content) != (appeal.title, appeal.content)
+            if dry_run:
+                continue
+            if contact is not None:
+                s.delete(contact)
+            appeal.title, appeal.content, appeal.citizen_ref = title, content, None
+            appeal.personal_data_erased_at = now
+            audit.record(uow, None, "erase_personal_data", "appeal", appeal.case_no,
+                         f"retention {days} days")
+        if not dry_run:
+            uow.commit()
+    return report

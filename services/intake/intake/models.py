@@ -5,6 +5,8 @@ from datetime import datetime
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from intake.encryption import Encrypted
+from wuji_common.audit import add_audit_table
 from wuji_common.db import add_reliability_tables
 
 
@@ -25,12 +27,16 @@ class Appeal(Base):
     lon: Mapped[float | None] = mapped_column(Float)
     attachments: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of URLs
     anonymous: Mapped[bool] = mapped_column(default=False)
+    # "hide my identity from the unit": the handling unit sees the matter, not the person (not even
+    # masked); supervisors still see the masked contact, and notify still reaches the citizen
+    hide_identity: Mapped[bool] = mapped_column(default=False)
     # district | town | village reception; None: triage infers it from the channel
     reception_level: Mapped[str | None] = mapped_column(String(16))
     citizen_ref: Mapped[str | None] = mapped_column(String(64), index=True)
     tracking_token_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="received")
     unit_name: Mapped[str | None] = mapped_column(String(100))
+    unit_code: Mapped[str | None] = mapped_column(String(40))  # the unit holding the open order
     satisfaction: Mapped[str | None] = mapped_column(String(24))
     # the open order's resolve deadline (限时办结), from order_dispatched / order_reopened: what the
     # citizen can expect (Open311 expected_datetime)
@@ -38,20 +44,26 @@ class Appeal(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # when retention erased the personal data of this closed case (intake retention)
+    personal_data_erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CitizenContact(Base):
-    """Personal data (个人信息): read only by intake's masked staff view and by notify at send time."""
+    """Personal data (个人信息), encrypted at rest (intake.encryption, keys from the environment):
+    read by intake's masked staff view, by notify at send time, and in plain only through
+    ``reveal_contact`` with a reason that is audited. Erased by retention once the case is closed."""
     __tablename__ = "citizen_contacts"
     case_no: Mapped[str] = mapped_column(ForeignKey("appeals.case_no"), primary_key=True)
-    name: Mapped[str | None] = mapped_column(String(64))
-    phone: Mapped[str | None] = mapped_column(String(20))
-    id_number: Mapped[str | None] = mapped_column(String(18))
-    email: Mapped[str | None] = mapped_column(String(254))
+    name: Mapped[str | None] = mapped_column(Encrypted)
+    phone: Mapped[str | None] = mapped_column(Encrypted)
+    id_number: Mapped[str | None] = mapped_column(Encrypted)
+    email: Mapped[str | None] = mapped_column(Encrypted)
     # the citizen's openid on the "榴乡诉递" official account (appeals sent through WeChat): notify
     # sends template messages to it
-    wechat_openid: Mapped[str | None] = mapped_column(String(64))
-    address: Mapped[str | None] = mapped_column(String(200))
+    wechat_openid: Mapped[str | None] = mapped_column(Encrypted)
+    address: Mapped[str | None] = mapped_column(Encrypted)
+
+    ENCRYPTED = ("name", "phone", "id_number", "email", "wechat_openid", "address")
 
 
 class TimelineEntry(Base):
@@ -90,3 +102,4 @@ class Open311Request(Base):
 
 metadata = Base.metadata
 outbox, processed_events, idempotency_keys = add_reliability_tables(metadata)
+audit_log = add_audit_table(metadata)

@@ -54,6 +54,8 @@ class AppealSubmissionSchema(Strict):
     content = fields.String(required=True, validate=validate.Length(1, 5000))
     citizen = fields.Nested(CitizenSchema, load_default=None, allow_none=True)
     anonymous = fields.Boolean(load_default=False)
+    # "hide my identity from the unit": the handling unit sees the matter, not the person
+    hide_identity = fields.Boolean(load_default=False)
     location = fields.Nested(LocationSchema, required=True)
     # where the appeal was received (接待层级); e.g. the district's video reception or 12345 hotline
     reception_level = fields.String(load_default=None, allow_none=True,
@@ -107,6 +109,7 @@ class StaffAppealSchema(Schema):
     town_code = fields.String()
     village_code = fields.String(allow_none=True)
     anonymous = fields.Boolean()
+    identity_hidden = fields.Boolean()  # the citizen hid their identity from this (unit) reader
     status = fields.String()
     satisfaction = fields.String(allow_none=True)
     received_at = fields.DateTime()

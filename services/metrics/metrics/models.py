@@ -5,6 +5,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from wuji_common.audit import add_audit_table
 from wuji_common.db import add_reliability_tables
 
 
@@ -78,3 +79,4 @@ class OrderFact(Base):
 
 metadata = Base.metadata
 outbox, processed_events, idempotency_keys = add_reliability_tables(metadata)
+audit_log = add_audit_table(metadata)

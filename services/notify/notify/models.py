@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from wuji_common.audit import add_audit_table
 from wuji_common.db import add_reliability_tables
 
 
@@ -142,3 +143,4 @@ class InboxMessage(Base):
 
 metadata = Base.metadata
 outbox, processed_events, idempotency_keys = add_reliability_tables(metadata)
+audit_log = add_audit_table(metadata)

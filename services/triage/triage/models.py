@@ -7,6 +7,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from wuji_common.audit import add_audit_table
 from wuji_common.db import add_reliability_tables
 
 
@@ -280,3 +281,4 @@ class Urge(Base):
 
 metadata = Base.metadata
 outbox, processed_events, idempotency_keys = add_reliability_tables(metadata)
+audit_log = add_audit_table(metadata)
