@@ -25,6 +25,20 @@ def say(text=""):
     print(text, flush=True)
 
 
+def dev_contact_key():
+    """The development key that encrypts contact data (intake.encryption), kept in var/ so that a
+    second `make run` reads what the first one wrote; WUJI_CONTACT_KEYS in the environment wins."""
+    if os.environ.get("WUJI_CONTACT_KEYS"):
+        return os.environ["WUJI_CONTACT_KEYS"]
+    path = VAR / "contact-keys"
+    if not path.exists():
+        from cryptography.fernet import Fernet
+        VAR.mkdir(parents=True, exist_ok=True)
+        path.write_text(Fernet.generate_key().decode("ascii") + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def broker_reachable(amqp_uri):
     try:
         with Connection(amqp_uri, connect_timeout=3) as conn:
@@ -53,6 +67,7 @@ def main():
             f"or set API_PORT.")
         sys.exit(1)
 
+    os.environ["WUJI_CONTACT_KEYS"] = dev_contact_key()
     db_urls = Platform.server_urls(args.database_url) if args.database_url else Platform.sqlite_urls(VAR)
     mailbox = Mailbox(VAR, port=SMTP_PORT) if not port_open(SMTP_PORT) else None
     platform = Platform(args.amqp_uri, db_urls, VAR / "log", api_port=args.api_port,

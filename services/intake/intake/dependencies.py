@@ -17,7 +17,14 @@ def IntakeDatabase():
 
 
 class CitizenKey(DependencyProvider):
-    """The secret of the keyed hash that links one citizen's appeals (repeat petitions)."""
+    """The secret of the keyed hash that links one citizen's appeals (repeat petitions); also
+    installs the contact-encryption keys (config CONTACT_KEYS, else $WUJI_CONTACT_KEYS)."""
+
+    def setup(self):
+        from intake import encryption
+        configured = self.container.config.get("CONTACT_KEYS")
+        if configured:
+            encryption.use_keys(encryption.ContactKeys.from_text(configured))
 
     def get_dependency(self, worker_ctx):
         return self.container.config["CITIZEN_KEY"]
