@@ -113,6 +113,10 @@ class Platform:
         self.processes = {}
         self.env = dict(os.environ, AMQP_URI=amqp_uri, API_ADDRESS=f"127.0.0.1:{self.api_port}",
                         PYTHONUNBUFFERED="1", **(env or {}))
+        # every appeal of a local run (tests, benchmarks, make run) comes from this machine, often
+        # with one phone: intake's public rate limits are lifted unless the environment sets them
+        for limit in ("INTAKE_RATE_LIMIT_PER_IP", "INTAKE_RATE_LIMIT_PER_PHONE"):
+            self.env.setdefault(limit, "0")
         for service in SERVICES:
             self.env[f"{service.upper()}_DB_URL"] = db_urls[service]
             self.env[f"{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service])

@@ -3,6 +3,7 @@
 A service's ``migrations/env.py`` is two lines (import its metadata, call :func:`run_env`), and
 ``<service> db upgrade`` / :func:`upgrade` run it programmatically against ``DB_URL``.
 """
+import re
 from pathlib import Path
 
 from alembic import command, context
@@ -41,6 +42,9 @@ def ensure_database(url):
             exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
                                   {"n": u.database}).first()
             if not exists:
+                # an identifier cannot be a bound parameter: the name is checked instead
+                if not re.fullmatch(r"[A-Za-z0-9_]+", u.database or ""):
+                    raise ValueError(f"database name {u.database!r}: letters, digits and _ only")
                 conn.execute(text(f'CREATE DATABASE "{u.database}"'))
         admin.dispose()
 

@@ -37,3 +37,14 @@ def redact_text(text, names=()):
         if name and len(name) >= 2:
             text = text.replace(name, mask_name(name))
     return text
+
+
+# a cell starting so is a formula to Excel, LibreOffice or WPS (CSV/formula injection)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """Text written into a CSV or XLSX export: a leading quote keeps a would-be formula text."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value

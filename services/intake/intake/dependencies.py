@@ -30,6 +30,23 @@ class CitizenKey(DependencyProvider):
         return self.container.config["CITIZEN_KEY"]
 
 
+class RateLimits(DependencyProvider):
+    """Rate limits of the public endpoints (intake.ratelimit), shared by the container's workers.
+
+    Config: ``RATE_LIMIT_PER_IP``, ``RATE_LIMIT_PER_PHONE`` (requests a minute; config.yml gives 30
+    and 5; absent or 0: no limit), ``RATE_LIMIT_STORAGE`` (default memory://; a redis:// URI makes
+    replicas count together)."""
+
+    def setup(self):
+        from intake.ratelimit import PublicRateLimits
+        config = self.container.config
+        self.limits = PublicRateLimits(config.get("RATE_LIMIT_PER_IP"), config.get("RATE_LIMIT_PER_PHONE"),
+                                       config.get("RATE_LIMIT_STORAGE") or "memory://")
+
+    def get_dependency(self, worker_ctx):
+        return self.limits
+
+
 DEFAULT_JURISDICTION = "yicheng.zaozhuang.gov.cn"
 DEFAULT_CONTACT = "峄城区12345政务服务便民热线（演示）"
 DEFAULT_KEY_SERVICE = "API key: 向峄城区社会治理服务中心申请（演示）；见 docs/integrators.md"

@@ -36,7 +36,7 @@ from triage.schemas import (
 )
 from wuji_common.errors import InvalidTransition, NotFound, ValidationError
 from wuji_common.events import CATALOGUE, CHINA_TIME
-from wuji_common.privacy import redact_text
+from wuji_common.privacy import redact_text, spreadsheet_safe
 
 CONFLICT_ATTEMPTS = 3
 MAX_NEIGHBOURS = 200  # the most similar recent appeals looked at to cluster a hot spot
@@ -715,7 +715,8 @@ def export_decisions(uow, taxonomy, out):
     with open(out, "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=("id", "subject", "body", "label"))
         writer.writeheader()
-        writer.writerows(rows)
+        # citizens' text: a cell like =HYPERLINK(...) must stay text when the file is opened
+        writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
     return len(rows)
 
 
