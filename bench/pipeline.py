@@ -175,7 +175,25 @@ def collector(amqp_uri, queue, expected, ready, out):
     out.put({"arrivals": arrivals, "cpu": time.process_time() - cpu0})
 
 
-def run_phase(platform, count, concurrency, rate=None, measure_cpu=False):
+def start_profilers(platform, directory):
+    """py-spy sampling each service process (CPU samples only), raw collapsed stacks per service."""
+    import shutil
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    directory.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+                              "--nonblocking", "--output", str(directory / f"{name}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, pid in platform.pids().items()]
+
+
+def stop_profilers(profilers):
+    for proc in profilers:
+        proc.send_signal(signal.SIGINT)
+    for proc in profilers:
+        proc.wait(timeout=60)
+
+
+def run_phase(platform, count, concurrency, rate=None, profile=None):
     from kombu import Connection, Exchange, Queue
     queue = f"bench-dispatched-{uuid.uuid4().hex[:6]}"
     with Connection(platform.amqp_uri) as conn:
@@ -196,6 +214,7 @@ def run_phase(platform, count, concurrency, rate=None, measure_cpu=False):
                   "rabbitmq": pids_of("beam.smp"), "postgresql": pids_of("postgres")}
         return {name: {p: cpu_seconds(p) for p in pids} for name, pids in groups.items()}
 
+    profilers = start_profilers(platform, profile) if profile else []
     cpu_before = snapshot()
     drv = mp.Process(target=driver, args=(platform.api_port, count, concurrency, rate, driven))
     drv.start()
@@ -206,6 +225,7 @@ def run_phase(platform, count, concurrency, rate=None, measure_cpu=False):
     driven.unlink()
     c = collected.get(timeout=900)
     cpu_after = snapshot()
+    stop_profilers(profilers)
     coll.join()
     with Connection(platform.amqp_uri) as conn:
         conn.default_channel.queue_delete(queue)
@@ -236,6 +256,9 @@ def main():
     parser.add_argument("--raw-messages", type=int, default=20000)
     parser.add_argument("--latency-seconds", type=float, default=15)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each rate measurement (median)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="directory: py-spy samples each service during the first maximum-rate "
+                             "run (raw collapsed stacks, <service>.txt); needs py-spy")
     args = parser.parse_args()
 
     vhost = f"wuji-bench-{os.getpid()}"
@@ -257,7 +280,8 @@ def main():
         platform.prepare()
         platform.start()
         run_phase(platform, min(500, args.appeals), args.concurrency)  # warm-up
-        runs = [run_phase(platform, args.appeals, args.concurrency) for _ in range(args.repeats)]
+        runs = [run_phase(platform, args.appeals, args.concurrency, profile=args.profile if n == 0 else None)
+                for n in range(args.repeats)]
         runs.sort(key=lambda r: r["rate"])
         best = runs[len(runs) // 2]
         e2e = best["rate"]

@@ -149,6 +149,24 @@ class UnitOfWork:
             consumer=consumer, event_id=event_id, processed_at=utcnow()))
         return True
 
+    def first_deliveries(self, consumer, envelopes):
+        """The envelopes ``consumer`` sees for the first time (in order, each event id once), recorded
+        in this transaction: :meth:`first_delivery` for a batch, in two statements."""
+        fresh = {}
+        for envelope in envelopes:
+            fresh.setdefault(envelope["event_id"], envelope)
+        if not fresh:
+            return []
+        p = self._processed
+        seen = set(self.session.execute(
+            select(p.c.event_id).where(p.c.consumer == consumer, p.c.event_id.in_(list(fresh)))).scalars())
+        new = [e for event_id, e in fresh.items() if event_id not in seen]
+        if new:
+            now = utcnow()
+            self.session.execute(insert(p), [
+                {"consumer": consumer, "event_id": e["event_id"], "processed_at": now} for e in new])
+        return new
+
     # --- idempotent calls ------------------------------------------------------------------------
     def recall(self, operation, key):
         """The stored result of an earlier call with this idempotency key, or None."""

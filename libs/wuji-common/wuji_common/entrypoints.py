@@ -11,14 +11,25 @@ Queues, per handler (nameko's name ``evt-<source>-<type>--<service>.<method>``):
     <queue>.retry.<n>      delay queue n: x-message-ttl = EVENT_RETRY_DELAYS[n-1] seconds
     <queue>.dead           dead letters
 both bound to the direct exchange ``<service>.retry`` with their own names as routing keys.
+
+:class:`BatchEventHandler` is the same contract for a handler that takes a list of events: it hands
+the handler what has arrived (up to ``EVENT_BATCH_SIZE``, waiting at most ``EVENT_BATCH_LINGER_MS``
+for more), so that one transaction and one commit serve many events. The batch is acked after the
+handler returned; if it raised, every event of the batch is handled again on its own, so that a poison
+message goes to retry and dead-letter alone and the others are not held back.
 """
 import logging
+from functools import partial
+
+import eventlet
 
 from kombu import Connection, Exchange, Queue
 from nameko import timer as nameko_timer
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.containers import ContainerBeingKilled
 from nameko.events import EventHandler
+from nameko.messaging import QueueConsumer
 
 from wuji_common import metrics
 from wuji_common.errors import WujiError
@@ -106,6 +117,155 @@ class ReliableEventHandler(EventHandler):
 
 
 event_handler = ReliableEventHandler.decorator
+
+
+DEFAULT_BATCH_SIZE = 100
+DEFAULT_BATCH_LINGER_MS = 3
+DEFAULT_BATCHES_IN_FLIGHT = 2
+
+
+class BatchQueueConsumer(QueueConsumer):
+    """nameko's queue consumer (a connection of its own per container) with a prefetch big enough to
+    fill a batch: nameko's gives each queue ``max_workers`` unacked messages, which would cap a batch
+    at ten. Messages are handed to the entrypoint in the consumer's thread: the entrypoint only
+    queues them, it never blocks."""
+
+    @property
+    def prefetch_count(self):
+        return int(self.container.config.get("EVENT_BATCH_SIZE", DEFAULT_BATCH_SIZE))
+
+    def handle_message(self, provider, body, message):
+        provider.handle_message(body, message)
+
+
+class BatchEventHandler(ReliableEventHandler):
+    """A reliable event handler whose method takes a list of envelopes (oldest first).
+
+    Config: ``EVENT_BATCH_SIZE`` (default 100: the most events per call, and the queue's prefetch),
+    ``EVENT_BATCH_LINGER_MS`` (default 3: how long the first event waits for others),
+    ``EVENT_BATCHES_IN_FLIGHT`` (default 2 per handler: while they run, events pile up into the next
+    batch, so batches grow with the load and stay small when it is light).
+
+    The handler must be all-or-nothing for its batch (one transaction) and drop each event it has
+    seen before (``UnitOfWork.first_deliveries``): a batch that fails is rolled back and its events
+    are handled again one at a time, each acked, retried or dead-lettered on its own.
+    """
+
+    queue_consumer = BatchQueueConsumer()
+
+    def setup(self):
+        super().setup()
+        config = self.container.config
+        self.batch_size = max(1, int(config.get("EVENT_BATCH_SIZE", DEFAULT_BATCH_SIZE)))
+        self.linger = float(config.get("EVENT_BATCH_LINGER_MS", DEFAULT_BATCH_LINGER_MS)) / 1000
+        self.max_in_flight = max(1, int(config.get("EVENT_BATCHES_IN_FLIGHT", DEFAULT_BATCHES_IN_FLIGHT)))
+        self._pending = []
+        self._in_flight = 0
+        self._timer = None
+        self._stopping = False
+
+    def stop(self):
+        super().stop()  # no more deliveries after this
+        self._stopping = True
+        self._cancel_timer()
+        while self._pending:  # what was delivered is handled before the container stops
+            self._in_flight += 1
+            self._spawn(self._take())
+
+    def kill(self):
+        # unacked messages go back to the queue when the connection closes
+        self._cancel_timer()
+        self._pending = []
+        super().kill()
+
+    # --- gathering ------------------------------------------------------------------------------
+    def handle_message(self, body, message):
+        self._pending.append((body, message))
+        self._schedule()
+
+    def _schedule(self):
+        if not self._pending or self._in_flight >= self.max_in_flight:
+            return  # a running batch picks them up when it is done
+        if len(self._pending) >= self.batch_size:
+            self._cancel_timer()
+            self._start_batch()
+        elif self._timer is None:
+            self._timer = eventlet.spawn_after(self.linger, self._linger_over)
+
+    def _linger_over(self):
+        self._timer = None
+        if self._pending and self._in_flight < self.max_in_flight:
+            self._start_batch()
+
+    def _cancel_timer(self):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _take(self):
+        batch, self._pending = self._pending[:self.batch_size], self._pending[self.batch_size:]
+        return batch
+
+    def _start_batch(self):
+        self._in_flight += 1
+        # spawning may wait for a free worker: not in the consumer's thread
+        self.container.spawn_managed_thread(partial(self._spawn, self._take()),
+                                            identifier=f"{self.consumer_name}.batch")
+
+    def _spawn(self, batch):
+        try:
+            self.container.spawn_worker(
+                self, ([body for body, _ in batch],), {},
+                context_data=self.unpack_message_headers(batch[0][1]),
+                handle_result=partial(self._batch_done, batch))
+        except ContainerBeingKilled:
+            for _, message in batch:
+                self.queue_consumer.requeue_message(message)
+            self._finished()
+
+    def _finished(self):
+        self._in_flight -= 1
+        if not self._stopping:
+            self._schedule()
+
+    # --- results --------------------------------------------------------------------------------
+    def _batch_done(self, batch, worker_ctx, result=None, exc_info=None):
+        if exc_info is None or len(batch) == 1:
+            for _, message in batch:
+                self.handle_message_processed(message, result, exc_info)
+            self._finished()
+            return result, exc_info
+        log.warning("%s: a batch of %d failed (%s); handling its events one by one",
+                    self.consumer_name, len(batch), type(exc_info[1]).__name__)
+        # from a thread of its own: this worker still holds its slot in the pool
+        self.container.spawn_managed_thread(partial(self._one_by_one, batch),
+                                            identifier=f"{self.consumer_name}.one_by_one")
+        # the events' own outcomes are counted as they are handled one by one
+        return result, None
+
+    def _one_by_one(self, batch):
+        remaining = [len(batch)]
+
+        def one_done(message, worker_ctx, result=None, exc_info=None):
+            self.handle_message_processed(message, result, exc_info)
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._finished()
+            return result, exc_info
+
+        for n, (body, message) in enumerate(batch):
+            try:
+                self.container.spawn_worker(
+                    self, ([body],), {}, context_data=self.unpack_message_headers(message),
+                    handle_result=partial(one_done, message))
+            except ContainerBeingKilled:
+                for _, unhandled in batch[n:]:
+                    self.queue_consumer.requeue_message(unhandled)
+                self._finished()
+                return
+
+
+batch_event_handler = BatchEventHandler.decorator
 
 
 class Timer(nameko_timer.Timer):
