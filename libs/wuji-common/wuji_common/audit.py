@@ -21,7 +21,7 @@ from sqlalchemy import Column, DateTime, Integer, String, Table, insert, select
 from wuji_common.errors import Forbidden, ValidationError
 
 # roles that read every service's whole log (督查); other staff roles read their own unit's entries
-READ_ALL_ROLES = frozenset({"supervisor", "district_leader", "ops"})
+READ_ALL_ROLES = frozenset({"supervisor", "district_leader", "ops", "admin"})
 READ_OWN_UNIT_ROLES = frozenset({"unit_clerk", "unit_head", "grid_worker", "dispatcher", "force"})
 MAX_READ = 500
 

@@ -27,11 +27,12 @@ CONTACT_COLUMNS = {"name": 64, "phone": 20, "id_number": 18, "email": 254, "wech
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("appeals") as batch:
-        batch.add_column(sa.Column("hide_identity", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))
-        batch.add_column(sa.Column("unit_code", sa.String(length=40), nullable=True))
-        batch.add_column(sa.Column("personal_data_erased_at", sa.DateTime(timezone=True), nullable=True))
+    # plain ADD COLUMN (no batch): on SQLite a batch would copy appeals, which the rows of
+    # citizen_contacts and timeline refer to
+    op.add_column("appeals", sa.Column("hide_identity", sa.Boolean(), nullable=False,
+                                       server_default=sa.false()))
+    op.add_column("appeals", sa.Column("unit_code", sa.String(length=40), nullable=True))
+    op.add_column("appeals", sa.Column("personal_data_erased_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("citizen_contacts") as batch:
         for column, length in CONTACT_COLUMNS.items():
             batch.alter_column(column, type_=sa.Text(), existing_type=sa.String(length=length),
