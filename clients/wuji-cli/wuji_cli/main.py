@@ -27,21 +27,23 @@ EXIT_CODES = f"""\b
   {INVALID}  输入有误 (invalid input; nothing was written)
   5  当前不允许 (not allowed now: not your order, wrong state)
   6  服务不可达或超时 (unreachable or timed out)
-  7  平台版本不支持 (not available in this platform version)"""
+  7  平台版本不支持 (not available in this platform version)
+  8  未认证：无令牌、令牌过期、被吊销或伪造 (no valid token)"""
 
 
 class Session:
     """What the group's options set, and the platform connection, opened on first use."""
 
-    def __init__(self, amqp_uri, timeout, json_output):
+    def __init__(self, amqp_uri, timeout, json_output, token=None):
         self.amqp_uri = amqp_uri
         self.timeout = timeout
         self.json = json_output
+        self.token = token
         self._platform = None
 
     def call(self, service, method, *args, **kwargs):
         if self._platform is None:
-            self._platform = Platform(self.amqp_uri, self.timeout).__enter__()
+            self._platform = Platform(self.amqp_uri, self.timeout, self.token).__enter__()
         return self._platform.call(service, method, *args, **kwargs)
 
     def close(self):
@@ -70,6 +72,14 @@ class Group(click.Group):
             ctx.exit(exc.code)
 
 
+def _read_token(value):
+    """A token given as such, or the path of a file holding one (e.g. make run's var/auth/*.token)."""
+    if value and os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read().strip()
+    return value or None
+
+
 def _flatten(details, prefix=""):
     for key, value in details.items():
         if isinstance(value, dict):
@@ -96,14 +106,16 @@ def idempotency_option(func):
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
               help="每次调用的超时秒数")
 @click.option("--json", "json_output", is_flag=True, help="输出 JSON（供脚本使用）")
+@click.option("--token", envvar="WUJI_TOKEN", metavar="TOKEN|FILE",
+              help="访问令牌，或存放令牌的文件（环境变量 WUJI_TOKEN）；由 wuji token issue 签发")
 @click.version_option(__version__, prog_name="wuji")
 @click.pass_context
-def cli(ctx, amqp_uri, timeout, json_output):
+def cli(ctx, amqp_uri, timeout, json_output, token):
     """五集平台命令行工具：受理、工单、吹哨报到、考核。
 
     Wuji from a terminal or a script, over RPC: submit and import appeals, follow a case, work a
     unit's orders, route from the review queue, blow the whistle, read KPIs and the assessment."""
-    ctx.obj = Session(amqp_uri, timeout, json_output)
+    ctx.obj = Session(amqp_uri, timeout, json_output, _read_token(token))
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -455,6 +467,100 @@ def deliveries_replay(session, limit):
                                          idempotency_key=new_key()))
     session.show({"replayed": len(replayed), "deliveries": replayed},
                  lambda r: click.echo(f"已重发 {r['replayed']} 条通知"))
+
+
+# --- access tokens (the issuer's side: needs the signing key) ------------------------------------
+
+@cli.group()
+def token():
+    """访问令牌：签发、吊销、轮换签名密钥 (issue, revoke and rotate access tokens).
+
+    \b
+    The signing key is the issuer's alone: --keys DIR (signing.jwk, public.jwks), else $WUJI_AUTH_DIR,
+    else var/auth. Services get public.jwks as WUJI_AUTH_PUBLIC_KEYS."""
+
+
+def keys_option(func):
+    return click.option("--keys", "keys_dir", envvar="WUJI_AUTH_DIR", default="var/auth", show_default=True,
+                        type=click.Path(file_okay=False), help="签名密钥目录")(func)
+
+
+@token.command("keygen")
+@keys_option
+def token_keygen(keys_dir):
+    """生成新的签名密钥（轮换）：旧公钥仍保留，旧令牌到期前继续有效 (rotate the signing key)."""
+    from wuji_common import auth
+    kid = auth.KeyDirectory(keys_dir).rotate()
+    click.echo(f"新签名密钥 {kid}；请把 {keys_dir}/public.jwks 下发给各服务 (WUJI_AUTH_PUBLIC_KEYS)")
+
+
+@token.command("retire-key")
+@click.argument("kid")
+@keys_option
+def token_retire_key(kid, keys_dir):
+    """停止接受某个旧密钥签发的令牌 (drop a public key once its tokens have expired)."""
+    from wuji_common import auth
+    try:
+        auth.KeyDirectory(keys_dir).retire(kid)
+    except ValueError as exc:
+        raise CliError(str(exc), INVALID) from None
+    click.echo(f"已停用密钥 {kid}；请重新下发 {keys_dir}/public.jwks")
+
+
+ROLE_CHOICE = click.Choice(["grid_worker", "unit_clerk", "unit_head", "force", "dispatcher", "supervisor",
+                            "district_leader", "integrator", "ops", "service", "admin"])
+
+
+@token.command("issue")
+@click.option("--role", type=ROLE_CHOICE, required=True)
+@click.option("--subject", required=True, help="持有人，如 staff:zhangsan 或 service:intake")
+@click.option("--unit", help="单位代码（网格员、经办人、负责人必填）")
+@click.option("--town", "towns", multiple=True, help="限定镇街，可重复")
+@click.option("--force", "force_code", help="执法力量代码（force 必填）")
+@click.option("--ttl", default="8h", show_default=True, help="有效期，如 15m、8h、30d")
+@keys_option
+@pass_session
+def token_issue(session, role, subject, unit, towns, force_code, ttl, keys_dir):
+    """签发令牌，打印令牌及其编号 (jti) 和到期时间。"""
+    from wuji_common import auth
+    keys = auth.KeyDirectory(keys_dir)
+    if not keys.exists():
+        raise CliError(f"{keys_dir} 中没有签名密钥：先运行 wuji token keygen", USAGE)
+    try:
+        issued, claims = auth.issue_token(keys.signing_key(), subject, role, unit_code=unit,
+                                          town_codes=towns, force_code=force_code,
+                                          ttl_seconds=auth.parse_duration(ttl))
+    except ValueError as exc:
+        raise CliError(str(exc), INVALID) from None
+    result = {"token": issued, "jti": claims["jti"],
+              "expires_at": datetime.fromtimestamp(claims["exp"]).astimezone().isoformat()}
+
+    def human(r):   # the token alone on stdout, so that TOKEN=$(wuji token issue ...) works
+        click.echo(r["token"])
+        click.echo(f"编号 {r['jti']}，到期 {r['expires_at']}", err=True)
+    session.show(result, human)
+
+
+@token.command("revoke")
+@click.argument("token_or_jti")
+@click.option("--expires-at", type=click.DateTime(), help="只给编号时：令牌到期时间（默认 30 天后）")
+@pass_session
+def token_revoke(session, token_or_jti, expires_at):
+    """吊销令牌：各服务收到 auth.token_revoked 后立即拒绝它 (revoke a token, or a jti)."""
+    import time
+    from wuji_common import auth
+    if token_or_jti.count(".") == 2:
+        import jwt
+        claims = jwt.decode(token_or_jti, options={"verify_signature": False})
+        jti, exp = claims["jti"], claims["exp"]
+    else:
+        jti = token_or_jti
+        exp = expires_at.timestamp() if expires_at else time.time() + 30 * 86400
+    try:
+        auth.publish_revocation(session.amqp_uri, jti, exp)
+    except Exception as exc:  # noqa: BLE001  (unreachable broker, or no service queue declared)
+        raise CliError(f"吊销未能发布：{exc}", FAILED) from None
+    session.show({"revoked": jti}, lambda r: click.echo(f"已吊销 {r['revoked']}"))
 
 
 def main():

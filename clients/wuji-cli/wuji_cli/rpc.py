@@ -12,7 +12,7 @@ from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 from wuji_common import errors  # noqa: E402  (importing it registers the typed errors with nameko)
 
 # exit codes (documented in `wuji --help` and docs/integrators.md)
-OK, FAILED, USAGE, NOT_FOUND, INVALID, REFUSED, UNREACHABLE, UNSUPPORTED = range(8)
+OK, FAILED, USAGE, NOT_FOUND, INVALID, REFUSED, UNREACHABLE, UNSUPPORTED, UNAUTHENTICATED = range(9)
 
 
 class CliError(Exception):
@@ -31,16 +31,19 @@ def _redacted(uri):
 
 
 class Platform:
-    """``with Platform(amqp_uri, timeout) as platform: platform.call("triage", "get_order", no)``."""
+    """``with Platform(amqp_uri, timeout, token) as platform: platform.call("triage", "get_order", no)``.
+    Every call carries ``token`` (the caller's access token) in the call context."""
 
-    def __init__(self, amqp_uri, timeout):
+    def __init__(self, amqp_uri, timeout, token=None):
         self.amqp_uri = amqp_uri
         self.timeout = timeout
+        self.token = token
         self._proxy = None
         self._cluster = None
 
     def __enter__(self):
-        self._proxy = ClusterRpcProxy({"AMQP_URI": self.amqp_uri}, timeout=self.timeout)
+        context = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        self._proxy = ClusterRpcProxy({"AMQP_URI": self.amqp_uri}, context_data=context, timeout=self.timeout)
         try:
             self._cluster = self._proxy.start()
         except (OSError, OperationalError) as exc:
@@ -59,6 +62,9 @@ class Platform:
             return getattr(getattr(self._cluster, service), method)(*args, **kwargs)
         except errors.ValidationError as exc:
             raise CliError(f"{name}：{exc.message}", INVALID, exc.fields) from None
+        except errors.Unauthenticated as exc:
+            hint = "" if self.token else "（未提供令牌：--token 或环境变量 WUJI_TOKEN）"
+            raise CliError(f"{name}：令牌无效 {_text(exc)}{hint}", UNAUTHENTICATED) from None
         except errors.NotFound as exc:
             raise CliError(f"{name}：{_text(exc)}", NOT_FOUND) from None
         except (errors.NotYourOrder, errors.InvalidTransition, errors.Forbidden) as exc:

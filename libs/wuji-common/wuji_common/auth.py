@@ -16,11 +16,12 @@ HTTP in the ``Authorization: Bearer`` header. A service calling another one send
 token (``WUJI_SERVICE_TOKEN``), never the user's that nameko would propagate: the called service
 trusts the calling service, which has already checked its user (see :mod:`wuji_common.dependencies`).
 
-Revocation: ``wuji token revoke`` publishes ``auth.token_revoked`` (with a proof signed by the issuer,
-so that nobody with broker access can revoke tokens at will); every service records it in its own
-``revoked_tokens`` table (durable: a restart keeps it; the queue is durable: a service that was
-down catches up) and every instance checks that table on each call, so a revoked token stops
-working everywhere as soon as the event is consumed. Tokens are short-lived, so the table stays small.
+Revocation: ``wuji token revoke`` publishes ``auth.token_revoked`` to the exchange ``auth.events``
+(in the deployment only the broker administrator may publish there); every service records the
+``jti`` in its own ``revoked_tokens`` table (durable: a restart keeps it; the queue is durable: a
+service that was down catches up) and every instance looks the ``jti`` up there on each call, so a
+revoked token stops working on every instance as soon as its service has consumed the event.
+Tokens are short-lived, so the table stays small (rows past the token's expiry are pruned).
 """
 import functools
 import inspect
@@ -29,8 +30,7 @@ import logging
 import os
 import time
 import uuid
-import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from nameko.extensions import DependencyProvider
@@ -55,8 +55,12 @@ ROLES = (
     "district_leader",  # 区领导: reads everything, changes nothing
     "integrator",       # events only: no RPC at all
     "ops",              # 运维: failed deliveries, replay, rebuilds, taxonomy reload
-    "service",          # a platform service calling another one
+    "service",          # a platform service calling another one ("service:<name>")
+    "admin",            # platform administrator: every RPC (imports, the walkthrough, test suites);
+                        # issue sparingly and short-lived
 )
+# roles whose tokens must name their scope
+SCOPE_CLAIMS = {"grid_worker": "unit", "unit_clerk": "unit", "unit_head": "unit", "force": "force"}
 STAFF = ("grid_worker", "unit_clerk", "unit_head", "dispatcher", "supervisor", "district_leader")
 UNIT_STAFF = ("grid_worker", "unit_clerk", "unit_head")
 
@@ -78,19 +82,59 @@ class Caller:
         """The calling service's name when a service calls (``service:intake`` → "intake")."""
         return self.subject.split(":", 1)[1] if self.role == "service" else None
 
+    @property
+    def is_unit(self):
+        """Staff of one unit (grid, town office, department): they act for that unit only."""
+        return self.role in UNIT_STAFF
+
     def has_role(self, *roles):
-        """True if the caller holds one of ``roles``; "service:<name>" names one service."""
-        return self.role in roles or (self.role == "service" and self.subject in roles)
+        """True if the caller holds one of ``roles``; "service:<name>" names one service; the
+        platform administrator holds every role."""
+        return self.role in roles or self.role == "admin" or \
+            (self.role == "service" and self.subject in roles)
 
     def require(self, *roles):
         if not self.has_role(*roles):
-            raise Forbidden(f"role {self.role} may not do this")
+            raise Forbidden(f"角色 {self.role} 无权执行此操作")
         return self
 
+    # --- scope: a unit acts for itself, a force for itself, a town-scoped caller for its towns ----
+    def require_unit(self, unit_code):
+        """Unit staff may name their own unit only (others pass: their role already limits them)."""
+        if self.is_unit and unit_code != self.unit_code:
+            raise Forbidden(f"只能办理本单位（{self.unit_code}）的工单")
+        return unit_code
+
+    def own_unit(self, unit_code=None):
+        """The unit filter a listing must use: unit staff always their own unit."""
+        return self.require_unit(unit_code) if unit_code is not None else \
+            (self.unit_code if self.is_unit else None)
+
+    def require_force(self, force_code):
+        if self.role == "force" and force_code != self.force_code:
+            raise Forbidden(f"只能以本力量（{self.force_code}）报到")
+        return force_code
+
     def sees_town(self, town_code):
-        """Town-scoped callers see their own towns; callers without a town scope are limited by
-        their role alone."""
+        """Town-scoped callers (``towns`` in their token) see their own towns; callers without a
+        town scope are limited by their role alone."""
         return not self.town_codes or town_code in self.town_codes
+
+    def require_town(self, town_code):
+        if not self.sees_town(town_code):
+            raise Forbidden(f"只能查看本镇街（{'、'.join(self.town_codes)}）的数据")
+        return town_code
+
+    def own_town(self, town_code=None):
+        """The town filter a listing must use: a caller scoped to one town always that town."""
+        if town_code is not None:
+            return self.require_town(town_code)
+        return self.town_codes[0] if len(self.town_codes) == 1 else None
+
+    def visible(self, rows, town_key="town_code", unit_key=None):
+        """Rows of a listing this caller may see (by town, and by unit for unit staff)."""
+        return [r for r in rows if self.sees_town(r.get(town_key)) and
+                (unit_key is None or not self.is_unit or r.get(unit_key) == self.unit_code)]
 
 
 SYSTEM = Caller("system", "system", source="event")
@@ -118,7 +162,9 @@ def generate_key(kid=None):
 
 
 def _read_json(value):
-    """Inline JSON, or the path of a file holding it."""
+    """Inline JSON, or the path of a file holding it (nameko's config already parsed inline JSON)."""
+    if isinstance(value, dict):
+        return value
     value = (value or "").strip()
     if not value:
         return None
@@ -151,6 +197,70 @@ def load_signing_key(value):
     return data["kid"], jwt.PyJWK(data, algorithm=ALGORITHM).key
 
 
+class KeyDirectory:
+    """The issuer's key files in one directory (``wuji token keygen``, ``make run``'s ``var/auth``):
+
+    - ``signing.jwk``: the private key tokens are signed with now (mode 0600; the issuer's only);
+    - ``public.jwks``: every public key still accepted — what services get as WUJI_AUTH_PUBLIC_KEYS.
+
+    Rotation: :meth:`rotate` makes a new signing key and *adds* its public key, so tokens signed
+    with the old key keep working until :meth:`retire` drops it (once they have expired).
+    """
+
+    def __init__(self, directory):
+        from pathlib import Path
+        self.directory = Path(directory)
+        self.signing_path = self.directory / "signing.jwk"
+        self.public_path = self.directory / "public.jwks"
+
+    def exists(self):
+        return self.signing_path.exists() and self.public_path.exists()
+
+    def ensure(self):
+        if not self.exists():
+            self.rotate()
+        return self
+
+    def rotate(self, kid=None):
+        private, public = generate_key(kid)
+        jwks = self.public_jwks() if self.public_path.exists() else {"keys": []}
+        jwks["keys"] = [k for k in jwks["keys"] if k["kid"] != public["kid"]] + [public]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._write(self.signing_path, private, private=True)
+        self._write(self.public_path, jwks)
+        return private["kid"]
+
+    def retire(self, kid):
+        """Stop accepting tokens signed with ``kid`` (never the key in use)."""
+        if kid == self.signing_kid():
+            raise ValueError(f"{kid} is the signing key in use: rotate first")
+        jwks = self.public_jwks()
+        kept = [k for k in jwks["keys"] if k["kid"] != kid]
+        if len(kept) == len(jwks["keys"]):
+            raise ValueError(f"no public key {kid}")
+        self._write(self.public_path, {"keys": kept})
+
+    def signing_kid(self):
+        return json.loads(self.signing_path.read_text(encoding="utf-8"))["kid"]
+
+    def signing_key(self):
+        return load_signing_key(str(self.signing_path))
+
+    def public_jwks(self):
+        return json.loads(self.public_path.read_text(encoding="utf-8"))
+
+    def public_jwks_text(self):
+        return json.dumps(self.public_jwks(), separators=(",", ":"))
+
+    @staticmethod
+    def _write(path, data, private=False):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, separators=(",", ":"))   # one line: pasted into .env as it is
+        os.replace(tmp, path)
+
+
 # --- tokens -------------------------------------------------------------------------------------
 
 def parse_duration(text):
@@ -168,6 +278,9 @@ def issue_token(signing_key, subject, role, *, unit_code=None, town_codes=(), fo
     import jwt
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    scope = SCOPE_CLAIMS.get(role)
+    if (scope == "unit" and not unit_code) or (scope == "force" and not force_code):
+        raise ValueError(f"a {role} token needs its {scope} (--{scope})")
     kid, key = signing_key
     now = int(now if now is not None else time.time())
     claims = {"iss": ISSUER, "sub": subject, "role": role, "jti": jti or uuid.uuid4().hex,
@@ -179,17 +292,6 @@ def issue_token(signing_key, subject, role, *, unit_code=None, town_codes=(), fo
     if force_code:
         claims["force"] = force_code
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid}), claims
-
-
-def issue_revocation(signing_key, jti, expires_at, now=None):
-    """The issuer's signed statement that token ``jti`` is revoked (carried by ``token_revoked``)."""
-    import jwt
-    kid, key = signing_key
-    now = int(now if now is not None else time.time())
-    claims = {"iss": ISSUER, "typ": "revocation", "revoked": jti, "iat": now,
-              # the proof lives as long as the token it revokes (at least an hour)
-              "exp": max(int(expires_at), now + 3600)}
-    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
 
 
 def bearer(token):
@@ -205,7 +307,7 @@ class Verifier:
         self.is_revoked = is_revoked or (lambda jti: False)
         self.leeway = leeway
 
-    def claims(self, token, typ=None):
+    def claims(self, token):
         import jwt
         if not self.public_keys:
             raise Unauthenticated("no verification keys configured (WUJI_AUTH_PUBLIC_KEYS)")
@@ -223,8 +325,6 @@ class Verifier:
             raise Unauthenticated("token expired")
         except jwt.PyJWTError:
             raise Unauthenticated("invalid token signature or claims")
-        if claims.get("typ") != typ:
-            raise Unauthenticated("not an access token" if typ is None else f"not a {typ} proof")
         return claims
 
     def verify(self, token, source="rpc"):
@@ -234,6 +334,9 @@ class Verifier:
                 raise Unauthenticated(f"token lacks {required}")
         if claims["role"] not in ROLES:
             raise Unauthenticated(f"token has an unknown role {claims['role']!r}")
+        scope = SCOPE_CLAIMS.get(claims["role"])
+        if scope and not claims.get(scope):
+            raise Unauthenticated(f"a {claims['role']} token must name its {scope}")
         if self.is_revoked(claims["jti"]):
             raise Unauthenticated("token revoked")
         return caller_from_claims(claims, source)
@@ -246,11 +349,6 @@ class Verifier:
             raise Unauthenticated("authorization must be 'Bearer <token>'")
         return self.verify(token.strip(), source)
 
-    def revocation(self, proof):
-        """(jti, expires_at) from a revocation proof signed by the issuer."""
-        claims = self.claims(proof, typ="revocation")
-        return claims["revoked"], claims["exp"]
-
 
 # --- revocation record (one table per service database) -----------------------------------------
 
@@ -262,32 +360,68 @@ def add_auth_tables(metadata):
                  Column("expires_at", BigInteger, nullable=False))
 
 
-def record_revocation(uow, consumer, envelope, verifier):
-    """Event handler body for ``auth.token_revoked``: check the issuer's proof, record the jti.
+def create_revocation_table(op):
+    """For each service's Alembic migration."""
+    import sqlalchemy as sa
+    op.create_table("revoked_tokens",
+                    sa.Column("jti", sa.String(64), primary_key=True),
+                    sa.Column("expires_at", sa.BigInteger(), nullable=False))
+
+
+def record_revocation(uow, consumer, envelope):
+    """Body of every service's ``auth.token_revoked`` handler: record the jti, prune expired rows.
     At-least-once; duplicates are dropped by event id. Returns the jti, or None for a duplicate."""
     from sqlalchemy import delete, insert, select
-    jti, expires_at = verifier.revocation(envelope["data"]["proof"])
-    with uow as u:
-        if not u.first_delivery(consumer, envelope["event_id"]):
+    data = envelope["data"]
+    jti = data["jti"]
+    expires_at = int(datetime.fromisoformat(data["expires_at"]).timestamp())
+    with uow:
+        if not uow.first_delivery(consumer, envelope["event_id"]):
             return None
-        table = u.tables["revoked_tokens"]
-        if u.session.execute(select(table.c.jti).where(table.c.jti == jti)).first() is None:
-            u.session.execute(insert(table).values(jti=jti, expires_at=int(expires_at)))
-        u.session.execute(delete(table).where(table.c.expires_at < int(time.time()) - 60))
-        u.commit()
+        table = _revoked_table(uow)
+        if uow.session.execute(select(table.c.jti).where(table.c.jti == jti)).first() is None:
+            uow.session.execute(insert(table).values(jti=jti, expires_at=expires_at))
+        uow.session.execute(delete(table).where(table.c.expires_at < int(time.time()) - 60))
+        uow.commit()
     return jti
 
 
-def revocation_event_data(proof, jti, expires_at, revoked_at=None):
-    return {"jti": jti, "expires_at": datetime.fromtimestamp(int(expires_at), timezone.utc).isoformat(),
-            "revoked_at": (revoked_at or datetime.now(timezone.utc)).isoformat(), "proof": proof}
+def _revoked_table(uow):
+    return uow._outbox.metadata.tables["revoked_tokens"]
+
+
+def publish_revocation(amqp_uri, jti, expires_at):
+    """Publish ``auth.token_revoked`` (persistent, with publisher confirms, ``mandatory``: if no
+    service queue is bound — queues not declared yet — this raises instead of losing it).
+    Returns the envelope."""
+    from nameko.amqp.publish import Publisher
+    from nameko.standalone.events import get_event_exchange
+    from wuji_common.events import make_event
+    data = {"jti": jti,
+            "expires_at": datetime.fromtimestamp(int(expires_at), timezone.utc).isoformat(),
+            "revoked_at": datetime.now(timezone.utc).isoformat()}
+    envelope = make_event("token_revoked", None, data)
+    exchange = get_event_exchange("auth", {})
+    Publisher(amqp_uri, use_confirms=True).publish(
+        json.dumps(envelope).encode("utf-8"), exchange=exchange, routing_key="token_revoked",
+        declare=[exchange], mandatory=True, delivery_mode=2, serializer=None,
+        content_type="application/json", content_encoding="utf-8", message_id=envelope["event_id"])
+    return envelope
 
 
 # --- nameko glue --------------------------------------------------------------------------------
 
 def _config(config, key, env):
+    """Config ``key``, else the environment variable ``env`` (tests give containers bare configs)."""
     value = config.get(key)
     return value if value not in (None, "") else os.environ.get(env, "")
+
+
+def service_token(config, service_name):
+    """The service's own token for its calls to other services: config ``SERVICE_TOKEN``, else
+    ``$WUJI_SERVICE_TOKEN_<SERVICE>`` (one variable per service, so that several services in one
+    process, as in tests, each call as themselves)."""
+    return _config(config, "SERVICE_TOKEN", f"WUJI_SERVICE_TOKEN_{service_name.upper()}")
 
 
 class _Refusal:
@@ -310,7 +444,6 @@ class CurrentCaller(DependencyProvider):
         self.public_keys = load_public_keys(
             _config(self.container.config, "AUTH_PUBLIC_KEYS", "WUJI_AUTH_PUBLIC_KEYS"))
         self.verifier = Verifier(self.public_keys, self._is_revoked)
-        self.callers = weakref.WeakKeyDictionary()
         self._database = None
 
     def _revocation_table(self):

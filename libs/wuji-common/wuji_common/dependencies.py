@@ -3,7 +3,8 @@
 - :class:`Database` gives a worker a unit-of-work factory and runs the outbox relay in the container.
 - :class:`MetricsExporter` serves ``/metrics`` on the service's own port from a green thread of its
   own, so a scrape is answered even when every worker is busy.
-- :class:`BoundedRpcProxy` is nameko's RpcProxy with a time bound and a message expiry.
+- :class:`BoundedRpcProxy` is nameko's RpcProxy with a time bound and a message expiry, calling as
+  the service itself (its own token), not as the user whose call it is serving.
 """
 import logging
 import time
@@ -19,7 +20,7 @@ from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
 from prometheus_client import start_http_server
 
-from wuji_common import metrics
+from wuji_common import auth, metrics
 from wuji_common.db import UnitOfWork, make_engine, session_factory
 from wuji_common.errors import EXPECTED, RpcTimeout
 from wuji_common.relay import BatchPublisher, OutboxRelay
@@ -189,9 +190,29 @@ class _BoundedServiceProxy:
         return call
 
 
+class _AsService:
+    """The worker context as the proxy sees it, with the calling service's own token in place of
+    whatever ``authorization`` the worker was called with: nameko would propagate the user's token,
+    and the called service would then authorise the user, not the service that asks."""
+
+    def __init__(self, worker_ctx, authorization):
+        self._worker_ctx = worker_ctx
+        self._authorization = authorization
+
+    def __getattr__(self, name):
+        return getattr(self._worker_ctx, name)
+
+    @property
+    def context_data(self):
+        data = dict(self._worker_ctx.context_data)
+        data["authorization"] = self._authorization   # None: nameko leaves the header out
+        return data
+
+
 class BoundedRpcProxy(RpcProxy):
     """RpcProxy whose calls give up after ``timeout`` seconds; the request message expires too, so
-    a stopped service does not run stale calls when it starts again."""
+    a stopped service does not run stale calls when it starts again. Calls carry the service's own
+    token (config ``SERVICE_TOKEN``, else ``$WUJI_SERVICE_TOKEN_<SERVICE>``)."""
 
     def __init__(self, target_service, timeout=None, **options):
         super().__init__(target_service, **options)
@@ -203,7 +224,13 @@ class BoundedRpcProxy(RpcProxy):
         if self.timeout is None:
             self.timeout = float(self.container.config.get("RPC_TIMEOUT_SECONDS", 5))
         self.options.setdefault("expiration", self.timeout)
+        token = auth.service_token(self.container.config, self.container.service_name)
+        if not token:
+            log.warning("%s has no service token: its calls to %s will be refused",
+                        self.container.service_name, self.target_service)
+        self.authorization = auth.bearer(token) if token else None
 
     def get_dependency(self, worker_ctx):
-        proxy = ServiceProxy(worker_ctx, self.target_service, self.rpc_reply_listener, **self.options)
+        proxy = ServiceProxy(_AsService(worker_ctx, self.authorization), self.target_service,
+                             self.rpc_reply_listener, **self.options)
         return _BoundedServiceProxy(proxy, self.timeout)

@@ -386,6 +386,14 @@ class OrderUrged(OrderEvent):
     note = fields.String(required=True)
 
 
+class TokenRevoked(Schema):
+    """auth: the platform revoked an access token (``wuji token revoke``); every service refuses it
+    from now on. Published by the token issuer to ``auth.events``; carries the token's id only."""
+    jti = fields.String(required=True)
+    expires_at = Timestamp(required=True)   # when the token would have expired anyway
+    revoked_at = Timestamp(required=True)
+
+
 CATALOGUE = {
     # event type: (source service, version, payload schema)
     "appeal_received": ("intake", 1, AppealReceived),
@@ -421,6 +429,7 @@ CATALOGUE = {
     "order_suspension_decided": ("triage", 1, OrderSuspensionDecided),
     "order_resumed": ("triage", 1, OrderResumed),
     "order_urged": ("triage", 1, OrderUrged),
+    "token_revoked": ("auth", 1, TokenRevoked),
 }
 
 

@@ -7,12 +7,16 @@
   PostgreSQL is ``WUJI_TEST_PG`` (default postgresql://postgres@127.0.0.1:5432) and is required
   unless ``WUJI_TEST_SKIP_PG=1`` is set.
 """
+import json
 import os
 import subprocess
 import uuid
 
 import pytest
+from nameko.standalone import rpc as standalone_rpc
 from sqlalchemy import create_engine, pool, text
+
+from wuji_common import auth
 
 AMQP_HOST = os.environ.get("WUJI_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 PG_BASE = os.environ.get("WUJI_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -20,6 +24,45 @@ PG_BASE = os.environ.get("WUJI_TEST_PG", "postgresql+psycopg2://postgres@127.0.0
 # use this fixed test key unless one is given
 TEST_CONTACT_KEY = "3Eg-u_FCtG5ZfHz4R8g3MfEsYs0c-a8es_0E3ReHdGA="
 os.environ.setdefault("WUJI_CONTACT_KEYS", TEST_CONTACT_KEY)
+
+
+# --- tokens: a signing key of this test run; services (in-process or started as processes, which
+# inherit the environment) verify with its public key, and call each other with their own tokens
+_TEST_PRIVATE, _TEST_PUBLIC = auth.generate_key("wuji-test")
+_TEST_SIGNING = auth.load_signing_key(json.dumps(_TEST_PRIVATE))
+
+
+def issue_test_token(role, subject=None, ttl_seconds=3600, **scope):
+    """A token signed with this run's key, e.g. ``issue_test_token("unit_clerk", unit_code="U1")``."""
+    token, _ = auth.issue_token(_TEST_SIGNING, subject or f"staff:test-{role}", role,
+                                ttl_seconds=ttl_seconds, **scope)
+    return token
+
+
+def as_caller(token):
+    """``context_data`` for a standalone proxy calling with ``token``."""
+    return {"authorization": auth.bearer(token)}
+
+
+os.environ["WUJI_AUTH_PUBLIC_KEYS"] = json.dumps({"keys": [_TEST_PUBLIC]})
+for _service in ("intake", "triage", "enforcement", "notify", "metrics"):
+    os.environ[f"WUJI_SERVICE_TOKEN_{_service.upper()}"] = issue_test_token(
+        "service", f"service:{_service}", ttl_seconds=86400)
+# the suites that test what services do (not who may do it) call as the platform administrator:
+# any standalone proxy made without context_data, and the wuji command (WUJI_TOKEN), carry this
+# token. The security suite passes scoped tokens of its own (as_caller).
+ADMIN_TOKEN = issue_test_token("admin", "staff:test-admin", ttl_seconds=86400)
+os.environ["WUJI_TOKEN"] = ADMIN_TOKEN
+_standalone_init = standalone_rpc.StandaloneProxyBase.__init__
+
+
+def _init_with_admin_token(self, config, context_data=None, *args, **kwargs):
+    if context_data is None:
+        context_data = as_caller(ADMIN_TOKEN)
+    _standalone_init(self, config, context_data, *args, **kwargs)
+
+
+standalone_rpc.StandaloneProxyBase.__init__ = _init_with_admin_token
 
 
 def _rabbitmqctl(*args):

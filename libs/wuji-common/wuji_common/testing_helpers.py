@@ -1,8 +1,9 @@
 """Helpers for tests that watch the broker: bind a queue to events before they are published, read
-what arrived, and pick free ports."""
+what arrived, pick free ports, and call over RPC with a given token."""
 import json
 import time
 import uuid
+from contextlib import contextmanager
 
 from kombu import Connection, Queue
 from nameko.standalone.events import get_event_exchange
@@ -87,3 +88,21 @@ def eventually(probe, timeout=30, what="condition", interval=0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+@contextmanager
+def rpc_as(amqp_uri, token, timeout=15):
+    """A cluster proxy whose every call carries ``token`` (None: no token at all)."""
+    from nameko.standalone.rpc import ClusterRpcProxy
+    from wuji_common.testing import as_caller
+    context = as_caller(token) if token else {}
+    with ClusterRpcProxy({"AMQP_URI": amqp_uri}, context_data=context, timeout=timeout) as rpc:
+        yield rpc
+
+
+@contextmanager
+def rpc_as_role(amqp_uri, role, **scope):
+    """A cluster proxy calling as a fresh token of ``role`` (scope: unit_code, town_codes, …)."""
+    from wuji_common.testing import issue_test_token
+    with rpc_as(amqp_uri, issue_test_token(role, **scope)) as rpc:
+        yield rpc

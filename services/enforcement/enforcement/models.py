@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from wuji_common.audit import add_audit_table
+from wuji_common.auth import add_auth_tables
 from wuji_common.db import add_reliability_tables
 
 
@@ -241,3 +242,4 @@ class ReplanRequest(Base):
 metadata = Base.metadata
 outbox, processed_events, idempotency_keys = add_reliability_tables(metadata)
 audit_log = add_audit_table(metadata)
+revoked_tokens = add_auth_tables(metadata)

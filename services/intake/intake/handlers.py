@@ -133,6 +133,11 @@ def staff_view(uow, case_no, caller=None):
     with uow:
         s = uow.session
         appeal = _appeal(s, case_no)
+        if getattr(caller, "is_unit", False) and appeal.unit_code != caller.unit_code:
+            # a unit sees the cases it holds the order of, no other (wuji_common.auth)
+            raise Forbidden(f"诉求 {case_no} 不由本单位办理")
+        if getattr(caller, "town_codes", ()) and appeal.town_code not in caller.town_codes:
+            raise Forbidden(f"诉求 {case_no} 不属于本镇街")
         hidden = domain.identity_hidden_from(role, appeal.hide_identity)
         stored = s.get(CitizenContact, case_no)
         contact = None if appeal.anonymous or hidden else stored

@@ -7,6 +7,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from intake.encryption import Encrypted
 from wuji_common.audit import add_audit_table
+from wuji_common.auth import add_auth_tables
 from wuji_common.db import add_reliability_tables
 
 
@@ -103,3 +104,4 @@ class Open311Request(Base):
 metadata = Base.metadata
 outbox, processed_events, idempotency_keys = add_reliability_tables(metadata)
 audit_log = add_audit_table(metadata)
+revoked_tokens = add_auth_tables(metadata)

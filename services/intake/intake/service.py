@@ -13,7 +13,6 @@ dropped by event id). Events out (via the outbox): appeal_received, appeal_rated
 """
 import json
 
-from nameko.rpc import rpc
 from nameko.web.handlers import http
 from werkzeug.wrappers import Response
 
@@ -21,10 +20,15 @@ from intake import handlers, open311_http, openapi
 from intake.dependencies import (
     BoundedRpcProxy, CitizenKey, IntakeDatabase, MetricsExporter, Open311Settings,
 )
+from wuji_common import auth
+from wuji_common.auth import CurrentCaller, rpc
 from wuji_common.entrypoints import event_handler
 from wuji_common.errors import EXPECTED, Forbidden, InvalidTransition, NotFound, ValidationError
 
 MAX_BODY_BYTES = 64 * 1024
+# who may call what over RPC (wuji_common.auth.ROLES); HTTP stays public (tracking token, API keys)
+RECEPTION = auth.UNIT_STAFF + ("dispatcher", "supervisor")          # register appeals
+READERS = auth.UNIT_STAFF + ("dispatcher", "supervisor", "district_leader")
 
 
 def json_response(status, body):
@@ -75,6 +79,7 @@ class IntakeService:
     uow = IntakeDatabase()
     citizen_key = CitizenKey()
     metrics = MetricsExporter()
+    caller = CurrentCaller()
     open311_settings = Open311Settings()
     triage = BoundedRpcProxy("triage")  # the service catalogue (read-only) for Open311
 
@@ -146,20 +151,26 @@ class IntakeService:
         return open311_http.token(request, fmt, self.open311_settings, self.uow(), token_id)
 
     # --- RPC: department systems ---------------------------------------------------------------
-    @rpc(expected_exceptions=EXPECTED, sensitive_arguments=("appeal.citizen",))
+    @rpc(roles=RECEPTION, sensitive_arguments=("appeal.citizen",))
     def submit_appeal(self, appeal, idempotency_key=None):
         """Register an appeal. A retry with the same idempotency_key returns the first result."""
         return handlers.submit_appeal(self.uow(), appeal, idempotency_key, self.citizen_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=READERS)
     def get_appeal(self, case_no):
         """The case with its timeline; personal data masked."""
-        return handlers.staff_view(self.uow(), case_no)
+        return handlers.staff_view(self.uow(), case_no, self.caller)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("service:notify",))
     def contact_for_notification(self, case_no):
         """Plain contact data, for notify at send time only."""
         return handlers.contact_for_notification(self.uow(), case_no)
+
+    # --- events --------------------------------------------------------------------------------
+    @event_handler("auth", "token_revoked")
+    def record_revoked_token(self, envelope):
+        """Every instance refuses the token from now on (auth.CurrentCaller reads the record)."""
+        auth.record_revocation(self.uow(), "intake.record_revoked_token", envelope)
 
     # --- events: the order's progress, projected for the citizen -------------------------------
     def _project(self, envelope, consumer):

@@ -8,13 +8,16 @@ event_count(event_type=None); rebuild() — replays the event log into fresh fac
 Prometheus: the domain series, recomputed from the database every REFRESH_SECONDS (and at start),
 plus wuji_common's entrypoint series, on METRICS_PORT.
 """
-from nameko.rpc import rpc
 
 from metrics import assessment, handlers
 from metrics.dependencies import DomainMetrics, KpiTimeZone, MetricsDatabase, MetricsExporter
-from wuji_common import metrics as common_metrics
+from wuji_common import auth, metrics as common_metrics
+from wuji_common.auth import CurrentCaller, rpc
 from wuji_common.entrypoints import config_timer, event_handler
-from wuji_common.errors import ValidationError
+from wuji_common.errors import Forbidden
+
+# who may call what (wuji_common.auth.ROLES); a town-scoped caller sees its own towns' rows only
+OVERSIGHT = ("dispatcher", "supervisor", "district_leader")
 
 
 class MetricsService:
@@ -24,19 +27,31 @@ class MetricsService:
     exporter = MetricsExporter()
     publish_series = DomainMetrics()
     kpi_timezone = KpiTimeZone()
+    caller = CurrentCaller()
 
     # --- RPC ------------------------------------------------------------------------------------
-    @rpc(expected_exceptions=(ValidationError,))
+    @rpc(roles=OVERSIGHT)
     def kpis(self, start, end, group_by="town"):
         """KPI rows for calendar days start..end (ISO dates, inclusive), grouped by town, unit or
         category, then a total row (group "total"). Rates are null when nothing was measured."""
-        return handlers.kpis(self.uow(), start, end, group_by, tz=self.kpi_timezone)
+        return self._own_towns(handlers.kpis(self.uow(), start, end, group_by, tz=self.kpi_timezone),
+                               group_by)
 
-    @rpc
+    def _own_towns(self, rows, grouped_by):
+        """A town-scoped caller (a town's leader or supervisor) gets its towns' rows, grouped by
+        town (other groupings and the district total would show other towns' figures)."""
+        towns = self.caller.town_codes
+        if not towns:
+            return rows
+        if grouped_by != "town":
+            raise Forbidden("本镇街账号只能按镇街查看")
+        return [row for row in rows if row.get("group") in towns]
+
+    @rpc(roles=("ops",))
     def event_count(self, event_type=None):
         return handlers.event_count(self.uow(), event_type)
 
-    @rpc
+    @rpc(roles=("ops",))
     def rebuild(self):
         """Drop the appeal and order facts and fold them again from the event log (one transaction;
         events arriving meanwhile wait and then refold). Returns {"events", "orders", "appeals"}.
@@ -51,6 +66,11 @@ class MetricsService:
         self.publish_series(handlers.metrics_snapshot(self.uow(), tz=self.kpi_timezone))
 
     # --- events ---------------------------------------------------------------------------------
+    @event_handler("auth", "token_revoked")
+    def record_revoked_token(self, envelope):
+        """Every instance refuses the token from now on (auth.CurrentCaller reads the record)."""
+        auth.record_revocation(self.uow(), "metrics.record_revoked_token", envelope)
+
     def _record(self, envelope, method):
         consumer = f"metrics.{method}"
         if not handlers.record_event(self.uow(), consumer, envelope):
@@ -125,12 +145,13 @@ class MetricsService:
         self._record(envelope, "on_force_report_in_overdue")
 
     # --- 考核: the monthly assessment (metrics.assessment) ------------------------------------------
-    @rpc(expected_exceptions=(ValidationError,))
+    @rpc(roles=OVERSIGHT)
     def assessment(self, month, level="unit"):
         """The assessment table of a month ("2026-11") per unit or town: 响应率, 按时办结率, 解决率,
         满意率, 返工率, 重复访率, 越级访率, 结案率, 按期结案率, 准确派遣率, the composite score and the
         ranking, computed from the event log alone."""
-        return assessment.assessment(self.uow(), month, level, tz=self.kpi_timezone)
+        table = assessment.assessment(self.uow(), month, level, tz=self.kpi_timezone)
+        return dict(table, rows=self._own_towns(table["rows"], level))
 
     @event_handler("triage", "repeat_detected")
     def on_repeat_detected(self, envelope):

@@ -15,7 +15,6 @@ RPC:
 """
 import logging
 
-from nameko.rpc import rpc
 from prometheus_client import Counter
 
 from notify import handlers
@@ -23,11 +22,15 @@ from notify.dependencies import (
     BoundedRpcProxy, Channels, DeliveryPolicy, MetricsExporter, NotificationRules, NotifyDatabase,
     Senders,
 )
+from wuji_common import auth
+from wuji_common.auth import CurrentCaller, rpc
 from wuji_common.entrypoints import config_timer, event_handler
-from wuji_common.errors import EXPECTED
 from wuji_common.events import CATALOGUE
 
 log = logging.getLogger(__name__)
+
+# who may call what (wuji_common.auth.ROLES); unit staff name their own unit only
+CITIZEN_DESK = ("dispatcher", "supervisor", "ops")   # a citizen's preferences, taken by the hotline
 
 DELIVERIES = Counter("wuji_notify_deliveries_total",
                      "Delivery attempts by channel and outcome (pending: a retry is scheduled or the "
@@ -44,6 +47,7 @@ class NotifyService:
     rules = NotificationRules()
     senders = Senders()
     metrics = MetricsExporter()
+    caller = CurrentCaller()
 
     def _outside(self):
         return handlers.Outside(citizen_contact=self.intake.contact_for_notification,
@@ -77,23 +81,28 @@ class NotifyService:
         """Due retries, queues of providers that came back, deliveries a crash left (also at start)."""
         self._count(handlers.send_due(self.uow(), self._outside(), self.policy))
 
+    @event_handler("auth", "token_revoked")
+    def record_revoked_token(self, envelope):
+        """Every instance refuses the token from now on (auth.CurrentCaller reads the record)."""
+        auth.record_revocation(self.uow(), "notify.record_revoked_token", envelope)
+
     # --- RPC: staff directory -------------------------------------------------------------------------
-    @rpc(expected_exceptions=EXPECTED, sensitive_arguments=("webhook_secret", "phone"))
+    @rpc(roles=("unit_head", "ops"), sensitive_arguments=("webhook_secret", "phone"))
     def set_unit_contact(self, unit_code, email=None, webhook_url=None, webhook_secret=None, phone=None,
                          idempotency_key=None):
         """A unit sets its e-mail, duty phone and webhook endpoint. An empty webhook_url removes the
         webhook; a webhook without a secret gets one, returned once as ``webhook_secret``."""
         return handlers.set_unit_contact(self.uow(), {
-            "unit_code": unit_code, "email": email, "webhook_url": webhook_url,
+            "unit_code": self.caller.require_unit(unit_code), "email": email, "webhook_url": webhook_url,
             "webhook_secret": webhook_secret, "phone": phone}, idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=auth.UNIT_STAFF + ("supervisor", "ops"))
     def unit_contact(self, unit_code):
         """A unit's contact points (secrets and phone never shown)."""
-        return handlers.get_unit_contact(self.uow(), unit_code)
+        return handlers.get_unit_contact(self.uow(), self.caller.require_unit(unit_code))
 
     # --- RPC: webhook subscribers ---------------------------------------------------------------------
-    @rpc(expected_exceptions=EXPECTED, sensitive_arguments=("secret",))
+    @rpc(roles=("ops",), sensitive_arguments=("secret",))
     def subscribe(self, event_types, url=None, name=None, unit_code=None, secret=None, subscriber_id=None,
                   idempotency_key=None):
         """Subscribe an endpoint to event types (optionally only one unit's); a new subscriber gets
@@ -102,58 +111,58 @@ class NotifyService:
             "event_types": event_types, "url": url, "name": name, "unit_code": unit_code,
             "secret": secret, "subscriber_id": subscriber_id}, idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("ops",))
     def unsubscribe(self, subscriber_id, event_types=None):
         """Drop event types; none given (or none left): drop the subscriber. Returns what is left."""
         return handlers.unsubscribe(self.uow(), subscriber_id, event_types)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("ops",))
     def subscribers(self):
         return handlers.list_subscribers(self.uow())
 
     # --- RPC: citizens' preferences -------------------------------------------------------------------
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=CITIZEN_DESK)
     def set_preferences(self, case_no, channel=None, quiet_hours=None, idempotency_key=None):
         """The channel the citizen of ``case_no`` wants first, and quiet hours such as "22:00-07:00"
         (China time) during which non-urgent news waits; for all of the citizen's appeals."""
         return handlers.set_preferences(self.uow(), {
             "case_no": case_no, "channel": channel, "quiet_hours": quiet_hours}, idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=CITIZEN_DESK)
     def preferences(self, case_no):
         return handlers.get_preferences(self.uow(), case_no)
 
     # --- RPC: inbox -----------------------------------------------------------------------------------
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=auth.UNIT_STAFF + ("supervisor", "district_leader"))
     def inbox(self, unit_code, unread_only=False, limit=100):
         """The in-platform inbox of a unit or grid worker, newest first."""
-        return handlers.inbox(self.uow(), unit_code, unread_only, limit)
+        return handlers.inbox(self.uow(), self.caller.require_unit(unit_code), unread_only, limit)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=auth.UNIT_STAFF)
     def mark_read(self, unit_code, message_ids=None):
         """Mark messages read (all unread if no ids); returns how many changed."""
-        return handlers.mark_read(self.uow(), unit_code, message_ids)
+        return handlers.mark_read(self.uow(), self.caller.require_unit(unit_code), message_ids)
 
     # --- RPC: the log, the dead list, outages ---------------------------------------------------------
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("dispatcher", "supervisor", "ops"))
     def deliveries(self, case_no):
         """The delivery log of a case: who was told what, when, over which channel, every attempt
         (no message bodies, no personal data)."""
         return handlers.deliveries_for_case(self.uow(), case_no)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("ops",))
     def failed(self, limit=100):
         """Dead deliveries, newest first."""
         return handlers.failed_deliveries(self.uow(), limit)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("ops",))
     def replay(self, delivery_id, idempotency_key=None):
         """Try a failed or skipped delivery again now, with a fresh set of retries."""
         handlers.replay(self.uow(), delivery_id, idempotency_key)
         self._deliver_now(delivery_id)
         return handlers.get_delivery(self.uow(), delivery_id)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("ops",))
     def providers(self):
         """Providers that are away, and how many deliveries wait for each."""
         return handlers.providers(self.uow())

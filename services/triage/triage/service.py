@@ -15,7 +15,6 @@ Events out (via the outbox): order_dispatched, order_accepted, order_returned, o
 order_resolved, order_reopened, order_closed, enforcement_requested, urgent_appeal_flagged,
 repeat_detected, cross_level_petition_detected, hotspot_detected.
 """
-from nameko.rpc import rpc
 
 from triage import handlers, supervision
 from triage.catalogue import services_catalogue
@@ -24,9 +23,16 @@ from triage.dependencies import (
     TriageDatabase,
 )
 from triage.domain import TaxonomyError, utcnow
-from wuji_common import metrics
+from wuji_common import auth, metrics
+from wuji_common.auth import CurrentCaller, rpc
 from wuji_common.entrypoints import config_timer, event_handler
-from wuji_common.errors import EXPECTED, ValidationError
+from wuji_common.errors import NotYourOrder, ValidationError
+
+# who may call what (wuji_common.auth.ROLES); scope within a role is checked in the entrypoint:
+# unit staff act and read for their own unit only, town-scoped callers see their own towns
+UNITS = auth.UNIT_STAFF
+OVERSIGHT = ("dispatcher", "supervisor", "district_leader")
+READERS = UNITS + OVERSIGHT
 
 
 class TriageService:
@@ -37,6 +43,7 @@ class TriageService:
     reload = TaxonomyReloader()
     near_duplicates = NearDuplicates()
     metrics = MetricsExporter()
+    caller = CurrentCaller()
 
     # --- events -------------------------------------------------------------------------------
     @event_handler("intake", "appeal_received")
@@ -65,66 +72,85 @@ class TriageService:
     def on_operation_completed(self, envelope):
         handlers.complete_by_operation(self.uow(), "triage.on_operation_completed", envelope)
 
+    @event_handler("auth", "token_revoked")
+    def record_revoked_token(self, envelope):
+        """Every instance refuses the token from now on (auth.CurrentCaller reads the record)."""
+        auth.record_revocation(self.uow(), "triage.record_revoked_token", envelope)
+
     # --- RPC: the units' systems ----------------------------------------------------------------
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=READERS)
     def get_order(self, order_no):
         """The order with its deadlines, routing record and progress notes."""
-        return handlers.get_order(self.uow(), order_no)
+        return self._in_scope(handlers.get_order(self.uow(), order_no))
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=READERS)
     def find_orders(self, case_no=None, unit_code=None, status=None, limit=None):
         """Orders matching every filter given, oldest first (at most ``limit``, else 10,000)."""
-        return handlers.find_orders(self.uow(), case_no, unit_code, status, limit)
+        orders = handlers.find_orders(self.uow(), case_no, self.caller.own_unit(unit_code), status, limit)
+        return self.caller.visible(orders)
 
-    @rpc
+    def _in_scope(self, order):
+        """A unit sees its own orders (and those it handles jointly); a town-scoped caller its towns'."""
+        caller = self.caller
+        if caller.is_unit and caller.unit_code != order["unit_code"] \
+                and caller.unit_code not in order.get("co_handlers", ()):
+            raise NotYourOrder(f"工单 {order['order_no']} 不属于本单位")
+        caller.require_town(order["town_code"])
+        return order
+
+    @rpc(roles=auth.STAFF + ("force", "ops", "service:intake"))
     def services_catalogue(self):
         """The taxonomy's categories and items (事项目录) with level, department and time limits."""
         return services_catalogue(self.uow(), self.router.taxonomy, self.router.policies)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=UNITS)
     def accept_order(self, order_no, unit_code, idempotency_key):
         """签收: the unit takes the order on."""
-        return handlers.accept_order(self.uow(), order_no, unit_code, idempotency_key)
-
-    @rpc(expected_exceptions=EXPECTED)
-    def return_order(self, order_no, unit_code, reason, idempotency_key):
-        """退单: not this unit's business; the appeal is routed to another unit (or to a dispatcher)."""
-        return handlers.return_order(self.uow(), self.router, order_no, unit_code, reason,
+        return handlers.accept_order(self.uow(), order_no, self.caller.require_unit(unit_code),
                                      idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=UNITS)
+    def return_order(self, order_no, unit_code, reason, idempotency_key):
+        """退单: not this unit's business; the appeal is routed to another unit (or to a dispatcher)."""
+        return handlers.return_order(self.uow(), self.router, order_no,
+                                     self.caller.require_unit(unit_code), reason, idempotency_key)
+
+    @rpc(roles=UNITS)
     def add_progress(self, order_no, unit_code, note, idempotency_key):
         """办理进展."""
-        return handlers.add_progress(self.uow(), order_no, unit_code, note, idempotency_key)
+        return handlers.add_progress(self.uow(), order_no, self.caller.require_unit(unit_code), note,
+                                     idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=UNITS)
     def resolve_order(self, order_no, unit_code, resolution, idempotency_key):
         """办结: the citizen is then invited to rate the handling."""
-        return handlers.resolve_order(self.uow(), order_no, unit_code, resolution, idempotency_key)
+        return handlers.resolve_order(self.uow(), order_no, self.caller.require_unit(unit_code),
+                                      resolution, idempotency_key)
 
     # --- RPC: dispatchers (人工研判) -------------------------------------------------------------
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=OVERSIGHT)
     def pending_review(self, limit=None):
         """The review queue: appeals waiting for a dispatcher, most urgent first, then oldest."""
-        return handlers.pending_review(self.uow(), limit)
+        return self.caller.visible(handlers.pending_review(self.uow(), limit))
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("dispatcher",))
     def route_manually(self, order_no, unit_code, category, item, idempotency_key):
         """A dispatcher routes a waiting order, or re-routes a returned or not yet signed one."""
         return handlers.route_manually(self.uow(), self.router, order_no, unit_code, category, item,
                                        idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=OVERSIGHT)
     def hotspots(self, since=None, town_code=None, limit=None):
         """Hot-spot clusters (热点), the most recently active first, with their cases."""
-        return handlers.hotspots(self.uow(), since, town_code, limit)
+        return self.caller.visible(handlers.hotspots(self.uow(), since, self.caller.own_town(town_code),
+                                                     limit))
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=OVERSIGHT)
     def repeat_counts(self):
         """重复访 per unit: {unit_code: count}."""
         return handlers.repeat_counts(self.uow())
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("ops",))
     def reload_taxonomy(self):
         """Read the taxonomy file again now; an invalid file is refused (ValidationError) and the
         version in force stays."""
@@ -149,55 +175,61 @@ class TriageService:
         service was down fires at start."""
         supervision.sweep(self.uow())
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=UNITS)
     def request_extension(self, order_no, unit_code, days, reason, idempotency_key):
         """延期: the unit asks, before the resolve deadline, for ``days`` more (working days under a
         working-time policy); the supervision zone decides."""
-        return supervision.request_clock_change(self.uow(), "extension", order_no, unit_code, days,
-                                                reason, idempotency_key)
+        return supervision.request_clock_change(self.uow(), "extension", order_no,
+                                                self.caller.require_unit(unit_code), days, reason,
+                                                idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("supervisor",))
     def decide_extension(self, request_id, approve, supervisor, note, idempotency_key):
         return supervision.decide_clock_change(self.uow(), "extension", request_id, approve, supervisor,
                                                note, idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=UNITS)
     def request_suspension(self, order_no, unit_code, days, reason, idempotency_key):
         """挂账: the unit asks for the order's clocks to stand still for at most ``days`` days."""
-        return supervision.request_clock_change(self.uow(), "suspension", order_no, unit_code, days,
-                                                reason, idempotency_key)
+        return supervision.request_clock_change(self.uow(), "suspension", order_no,
+                                                self.caller.require_unit(unit_code), days, reason,
+                                                idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("supervisor",))
     def decide_suspension(self, request_id, approve, supervisor, note, idempotency_key):
         return supervision.decide_clock_change(self.uow(), "suspension", request_id, approve, supervisor,
                                                note, idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=UNITS + ("supervisor",))
     def resume_order(self, order_no, unit_code, idempotency_key):
         """挂账 ends early: the clocks run again."""
-        return supervision.resume(self.uow(), order_no, unit_code, idempotency_key)
+        return supervision.resume(self.uow(), order_no, self.caller.require_unit(unit_code),
+                                  idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=READERS)
     def overdue(self, town_code=None, unit_code=None):
         """Clocks past their deadline, per town and/or unit."""
-        return supervision.overdue(self.uow(), town_code, unit_code)
+        return self.caller.visible(supervision.overdue(
+            self.uow(), self.caller.own_town(town_code), self.caller.own_unit(unit_code)))
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=READERS)
     def at_risk(self, town_code=None, unit_code=None, threshold=0.8):
         """Clocks with at least ``threshold`` of their window gone, not yet overdue."""
-        return supervision.at_risk(self.uow(), town_code, unit_code, threshold)
+        return self.caller.visible(supervision.at_risk(
+            self.uow(), self.caller.own_town(town_code), self.caller.own_unit(unit_code), threshold))
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=READERS)
     def supervision_tickets(self, town_code=None, unit_code=None, status="open"):
         """督办单."""
-        return supervision.tickets(self.uow(), town_code, unit_code, status)
+        return self.caller.visible(supervision.tickets(
+            self.uow(), self.caller.own_town(town_code), self.caller.own_unit(unit_code), status))
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("supervisor",))
     def urge(self, order_no, supervisor, note, idempotency_key):
         """催办: a supervision notice to the unit holding the order."""
         return supervision.urge(self.uow(), order_no, supervisor, note, idempotency_key)
 
-    @rpc(expected_exceptions=EXPECTED)
+    @rpc(roles=("supervisor",))
     def record_urge_outcome(self, urge_id, outcome, note, idempotency_key):
         """What came of an urge: handled | in_progress | no_response."""
         return supervision.record_urge_outcome(self.uow(), urge_id, outcome, note, idempotency_key)

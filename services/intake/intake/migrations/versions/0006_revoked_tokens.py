@@ -1,0 +1,24 @@
+"""revoked_tokens: access tokens revoked by the platform (auth.token_revoked), refused on every call
+until they would have expired anyway (wuji_common.auth)
+
+Revision ID: 0006
+Revises: 0005
+"""
+from typing import Sequence, Union
+
+from alembic import op
+
+from wuji_common.auth import create_revocation_table
+
+revision: str = "0006"
+down_revision: Union[str, Sequence[str], None] = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_revocation_table(op)
+
+
+def downgrade() -> None:
+    op.drop_table("revoked_tokens")
