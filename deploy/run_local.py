@@ -119,6 +119,8 @@ Wuji is running; Ctrl-C stops every service.
             f"    log var/log/{service}.log")
     if mailbox:
         say(f"  mailbox         smtp://127.0.0.1:{SMTP_PORT}    mail var/maildir/new/")
+    say(f"  access tokens   issuer keys {VAR / 'auth'}/; an administrator's token for the wuji command:"
+        f"\n                  .venv/bin/wuji --token var/auth/admin.token ...   (or wuji token issue --keys var/auth)")
     say("  walk an appeal around the loop:  .venv/bin/python scripts/walkthrough.py")
 
     while not stopping:

@@ -1,7 +1,9 @@
 """Walk appeals around the closed loop on a running platform (`make run`), as a citizen and a unit would.
 
-    .venv/bin/python scripts/walkthrough.py [--api http://127.0.0.1:8000] [--amqp-uri ...]
+    .venv/bin/python scripts/walkthrough.py [--api http://127.0.0.1:8000] [--amqp-uri ...] [--keys var/auth]
 
+Each actor calls with a token of its own role, signed with the local issuer's key that `make run`
+keeps in var/auth: a dispatcher follows the case, the unit's clerk works the order.
 1. a citizen submits an appeal over HTTP;            triage routes it      → dispatched
 2. the unit reports in (triage.accept_order, RPC);                          → accepted
 3. the unit resolves it (triage.resolve_order);                             → resolved
@@ -16,8 +18,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
+from pathlib import Path
 
 from nameko.standalone.rpc import ClusterRpcProxy
+
+from wuji_common import auth
 
 APPEAL = {
     "channel": "wechat",
@@ -50,7 +56,31 @@ def wait_for(what, probe, timeout=20):
     sys.exit(1)
 
 
-def walk(api, rpc, satisfaction):
+class Actors:
+    """RPC proxies calling as one role each, with short-lived tokens from the local issuer."""
+
+    def __init__(self, amqp_uri, keys_dir):
+        self.amqp_uri = amqp_uri
+        keys = auth.KeyDirectory(keys_dir)
+        if not keys.exists():
+            print(f"no issuer keys in {keys_dir}: start the platform with `make run` first")
+            sys.exit(1)
+        self.signing = keys.signing_key()
+
+    @contextmanager
+    def as_role(self, role, subject, **scope):
+        token, _ = auth.issue_token(self.signing, subject, role, ttl_seconds=600, **scope)
+        with ClusterRpcProxy({"AMQP_URI": self.amqp_uri}, context_data={"authorization": auth.bearer(token)},
+                             timeout=10) as rpc:
+            yield rpc
+
+
+def walk(api, actors, satisfaction):
+    with actors.as_role("dispatcher", "staff:walkthrough-dispatcher") as dispatcher:
+        _walk(api, actors, dispatcher, satisfaction)
+
+
+def _walk(api, actors, rpc, satisfaction):
     status, receipt = http("POST", f"{api}/api/v1/appeals", APPEAL, {"Idempotency-Key": uuid.uuid4().hex})
     assert status == 201, receipt
     case_no, token = receipt["case_no"], receipt["tracking_token"]
@@ -60,11 +90,13 @@ def walk(api, rpc, satisfaction):
     order = wait_for("order dispatched", lambda: (rpc.triage.find_orders(case_no=case_no) or [None])[0])
     print(f"  dispatched           {order['order_no']} → {order['unit_code']}  "
           f"(accept by {order['accept_due_at']}, resolve by {order['resolve_due_at']})")
-    accepted = rpc.triage.accept_order(order["order_no"], order["unit_code"], idempotency_key=uuid.uuid4().hex)
-    print(f"  accepted (报到)      status {accepted['status']}")
-    resolved = rpc.triage.resolve_order(order["order_no"], order["unit_code"], "已更换灯泡并恢复照明",
-                                        idempotency_key=uuid.uuid4().hex)
-    print(f"  resolved (办结)      status {resolved['status']}")
+    with actors.as_role("unit_clerk", "staff:walkthrough-clerk", unit_code=order["unit_code"]) as unit:
+        accepted = unit.triage.accept_order(order["order_no"], order["unit_code"],
+                                            idempotency_key=uuid.uuid4().hex)
+        print(f"  accepted (报到)      status {accepted['status']}  (as a clerk of {order['unit_code']})")
+        resolved = unit.triage.resolve_order(order["order_no"], order["unit_code"], "已更换灯泡并恢复照明",
+                                             idempotency_key=uuid.uuid4().hex)
+        print(f"  resolved (办结)      status {resolved['status']}")
 
     wait_for("citizen sees resolved", lambda: http("GET", track)[1].get("can_rate"))
     status, rated = http("POST", f"{api}/api/v1/appeals/{case_no}/rating?token={token}",
@@ -85,12 +117,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--api", default="http://127.0.0.1:8000")
     parser.add_argument("--amqp-uri", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--keys", default=str(Path(__file__).resolve().parents[1] / "var" / "auth"),
+                        help="the local issuer's keys (make run keeps them in var/auth)")
     args = parser.parse_args()
-    with ClusterRpcProxy({"AMQP_URI": args.amqp_uri}, timeout=10) as rpc:
-        print("appeal 1: satisfied → closed")
-        walk(args.api, rpc, "satisfied")
-        print("appeal 2: unsatisfied → reopened (返工)")
-        walk(args.api, rpc, "unsatisfied")
+    actors = Actors(args.amqp_uri, args.keys)
+    print("appeal 1: satisfied → closed")
+    walk(args.api, actors, "satisfied")
+    print("appeal 2: unsatisfied → reopened (返工)")
+    walk(args.api, actors, "unsatisfied")
     print("both appeals went around the loop.")
 
 

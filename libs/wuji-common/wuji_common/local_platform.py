@@ -54,6 +54,25 @@ def port_open(port, host="127.0.0.1"):
         return s.connect_ex((host, port)) == 0
 
 
+def dev_auth_env(keys_dir):
+    """Access tokens for local processes: the issuer's keys in ``keys_dir`` (made on first use, kept
+    so that tokens survive a restart), the public keys for every service, each service's own token,
+    and an administrator's token in ``<keys_dir>/admin.token`` for the wuji command and scripts."""
+    from wuji_common import auth
+    keys = auth.KeyDirectory(keys_dir).ensure()
+    signing = keys.signing_key()
+    env = {"WUJI_AUTH_PUBLIC_KEYS": keys.public_jwks_text()}
+    for service in SERVICES:
+        token, _ = auth.issue_token(signing, f"service:{service}", "service", ttl_seconds=30 * 86400)
+        env[f"WUJI_SERVICE_TOKEN_{service.upper()}"] = token
+    admin, _ = auth.issue_token(signing, "staff:local-admin", "admin", ttl_seconds=30 * 86400)
+    path = Path(keys_dir) / "admin.token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(admin + "\n")
+    return env
+
+
 def service_class(service):
     return f"{service}.service:{service.capitalize()}Service"
 
@@ -101,7 +120,8 @@ class Platform:
 
     ``db_urls``: service → database URL (see :meth:`sqlite_urls`); ``api_port`` and ``metrics_ports``
     default to free ports; ``env`` adds to the services' environment (e.g. SMTP_HOST/SMTP_PORT).
-    Logs go to ``<logdir>/<service>.log``.
+    Logs go to ``<logdir>/<service>.log``. Without WUJI_AUTH_PUBLIC_KEYS in the environment (the
+    test fixtures set it), a local issuer is made in ``<logdir>/../auth`` (:func:`dev_auth_env`).
     """
 
     def __init__(self, amqp_uri, db_urls, logdir, api_port=None, metrics_ports=None, env=None):
@@ -117,6 +137,8 @@ class Platform:
         # with one phone: intake's public rate limits are lifted unless the environment sets them
         for limit in ("INTAKE_RATE_LIMIT_PER_IP", "INTAKE_RATE_LIMIT_PER_PHONE"):
             self.env.setdefault(limit, "0")
+        if not self.env.get("WUJI_AUTH_PUBLIC_KEYS"):
+            self.env.update(dev_auth_env(self.logdir.parent / "auth"))
         for service in SERVICES:
             self.env[f"{service.upper()}_DB_URL"] = db_urls[service]
             self.env[f"{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service])
