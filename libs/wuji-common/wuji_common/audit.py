@@ -117,14 +117,18 @@ def record(uow, caller, action, object_type=None, object_id=None, reason=None, a
         reason=reason[:500] if reason else None, **_who(caller)))
 
 
-def audited(uow, caller, action, object_type=None, object_id=None, reason=None):
+def audited(uow, caller, action, object_type=None, object_id=None, reason=None, only_with_events=False):
     """``uow`` whose every commit also writes an audit row for ``action`` by ``caller``.
 
     ``object_id`` may be left out when the handler creates the object: the case number of the
-    first event the commit raises names it then (e.g. the case a submitted appeal was given)."""
+    first event the commit raises names it then (e.g. the case a submitted appeal was given).
+    ``only_with_events``: for timers that commit on every round, a row only for a commit that
+    raised events (one that changed something worth telling)."""
     commit = uow.commit
 
     def commit_with_audit():
+        if only_with_events and not uow.events:
+            return commit()
         object_ref = object_id
         if object_ref is None and uow.events:
             object_ref = uow.events[0].get("case_no")
@@ -133,6 +137,14 @@ def audited(uow, caller, action, object_type=None, object_id=None, reason=None):
 
     uow.commit = commit_with_audit
     return uow
+
+
+def note(uow, caller, action, object_type=None, object_id=None, reason=None):
+    """An audit row on its own, for a change that is not in this database (e.g. a configuration
+    reloaded into memory)."""
+    with uow:
+        record(uow, caller, action, object_type, object_id, reason)
+        uow.commit()
 
 
 def event_caller(envelope):

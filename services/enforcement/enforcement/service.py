@@ -30,7 +30,8 @@ import logging
 
 from enforcement import handlers
 from enforcement.dependencies import EnforcementDatabase, MetricsExporter, Planner
-from wuji_common import auth, metrics
+from wuji_common import audit, auth, metrics
+from wuji_common.audit import audited
 from wuji_common.auth import CurrentCaller, rpc
 from wuji_common.entrypoints import config_timer, event_handler
 from wuji_common.errors import Forbidden, InvalidTransition
@@ -61,7 +62,9 @@ class EnforcementService:
     def on_enforcement_requested(self, envelope):
         """triage asks for joint enforcement of a work order: the whistle, without a town's call."""
         consumer = "enforcement.on_enforcement_requested"
-        if handlers.open_requested_operation(self.uow(), consumer, envelope) is None:
+        uow = audited(self.uow(), audit.event_caller(envelope), "enforcement_requested", "order",
+                      envelope["data"].get("order_no"))
+        if handlers.open_requested_operation(uow, consumer, envelope) is None:
             metrics.EVENTS_DUPLICATE.labels(self.name, consumer).inc()
 
     @event_handler("auth", "token_revoked")
@@ -69,11 +72,15 @@ class EnforcementService:
         """Every instance refuses the token from now on (auth.CurrentCaller reads the record)."""
         auth.record_revocation(self.uow(), "enforcement.record_revoked_token", envelope)
 
+    def _audited(self, action, object_type, object_id=None, reason=None):
+        """The unit of work of a call that changes state: its commit writes the audit row."""
+        return audited(self.uow(), self.caller, action, object_type, object_id, reason)
+
     # --- RPC: towns and forces ------------------------------------------------------------------
     @rpc(roles=TOWNS)
     def blow_whistle(self, order_no, violation_type, town_code, urgency, idempotency_key=None):
         """Open a joint operation and call the forces competent for the violation in the town."""
-        return handlers.blow_whistle(self.uow(), {
+        return handlers.blow_whistle(self._audited("blow_whistle", "order", order_no), {
             "order_no": order_no, "violation_type": violation_type,
             "town_code": self.caller.require_town(town_code),
             "urgency": urgency}, idempotency_key)
@@ -81,7 +88,7 @@ class EnforcementService:
     @rpc(roles=("force",))
     def report_in(self, operation_id, force_code, team, idempotency_key=None):
         """A called force reports in with one of its teams (late is recorded, not refused)."""
-        return handlers.report_in(self.uow(), {
+        return handlers.report_in(self._audited("report_in", "operation", operation_id), {
             "operation_id": operation_id, "force_code": self.caller.require_force(force_code),
             "team": team}, idempotency_key)
 
@@ -90,7 +97,7 @@ class EnforcementService:
         """Close the operation once every called force has reported in (and, for a case with a legal
         procedure, once the procedure allows it, with evidence)."""
         self._operation_in_scope(operation_id)
-        return handlers.complete_operation(self.uow(), {
+        return handlers.complete_operation(self._audited("complete_operation", "operation", operation_id), {
             "operation_id": operation_id, "outcome": outcome, "evidence": evidence or []},
             idempotency_key)
 
@@ -99,7 +106,8 @@ class EnforcementService:
     def issue_rectification_notice(self, operation_id, notice_no, period_days=None, idempotency_key=None):
         """限期整改/拆除通知书, with the statutory waiting period (or a longer one)."""
         self._operation_in_scope(operation_id)
-        return handlers.issue_rectification_notice(self.uow(), {
+        return handlers.issue_rectification_notice(
+            self._audited("issue_rectification_notice", "operation", operation_id), {
             "operation_id": operation_id, "notice_no": notice_no, "period_days": period_days},
             idempotency_key)
 
@@ -107,7 +115,7 @@ class EnforcementService:
     def record_inspection(self, operation_id, rectified, findings, evidence=None, idempotency_key=None):
         """复查, once the waiting period is over."""
         self._operation_in_scope(operation_id)
-        return handlers.record_inspection(self.uow(), {
+        return handlers.record_inspection(self._audited("record_inspection", "operation", operation_id), {
             "operation_id": operation_id, "rectified": rectified, "findings": findings,
             "evidence": evidence or []}, idempotency_key)
 
@@ -115,7 +123,8 @@ class EnforcementService:
     def carry_out_joint_enforcement(self, operation_id, action, evidence=None, idempotency_key=None):
         """联合执法, after an inspection that found the violation not rectified."""
         self._operation_in_scope(operation_id)
-        return handlers.carry_out_joint_enforcement(self.uow(), {
+        return handlers.carry_out_joint_enforcement(
+            self._audited("carry_out_joint_enforcement", "operation", operation_id), {
             "operation_id": operation_id, "action": action, "evidence": evidence or []},
             idempotency_key)
 
@@ -123,7 +132,7 @@ class EnforcementService:
     @rpc(roles=("force", "supervisor"))
     def record_absence(self, officer_code, first_day, last_day, kind, idempotency_key=None):
         """An officer is away (leave, sick, training, other_duty) from first_day to last_day."""
-        return handlers.record_absence(self.uow(), {
+        return handlers.record_absence(self._audited("record_absence", "officer", officer_code, kind), {
             "officer_code": officer_code, "first_day": first_day, "last_day": last_day, "kind": kind},
             idempotency_key)
 
@@ -132,7 +141,7 @@ class EnforcementService:
         """Plan the town's open operations onto days and teams; returns and publishes the plan.
         The solver runs in a worker process for up to SCHEDULE_TIME_LIMIT_SECONDS."""
         self.caller.require_town(town_code)
-        return handlers.schedule(self.uow(), self._solver(town_code),
+        return handlers.schedule(self._audited("schedule", "town", town_code), self._solver(town_code),
                                  {"town_code": town_code, "horizon_days": horizon_days},
                                  idempotency_key=idempotency_key)
 
@@ -178,7 +187,8 @@ class EnforcementService:
         in every instance; each force is marked, reminded and escalated once). One short
         transaction per batch, so no lock is held for long."""
         for step in (handlers.mark_overdue, handlers.remind_late_forces, handlers.escalate_late_forces):
-            while len(step(self.uow(), batch_size=WATCH_BATCH)) == WATCH_BATCH:
+            uow = audited(self.uow(), self.caller, step.__name__, "operation", only_with_events=True)
+            while len(step(uow, batch_size=WATCH_BATCH)) == WATCH_BATCH:
                 pass
 
     @config_timer("REPLAN_WATCH_SECONDS", DEFAULT_REPLAN_SECONDS)
@@ -187,10 +197,16 @@ class EnforcementService:
         A request stays until a plan that saw it commits, so a failed re-plan is tried again."""
         for town_code, reason, horizon_days in handlers.replan_requests(self.uow()):
             try:
-                handlers.schedule(self.uow(), self._solver(town_code),
+                handlers.schedule(audited(self.uow(), self.caller, "replan", "town", town_code, reason),
+                                  self._solver(town_code),
                                   {"town_code": town_code, "horizon_days": horizon_days}, reason=reason)
             except InvalidTransition:
                 log.info("plan of %s changed while re-planning; next round", town_code)
+
+    @rpc(roles=READERS + ("ops",))
+    def audit_log(self, object_id=None, since=None, limit=100):
+        """enforcement's audit log: a unit's staff (a force) their own entries, supervisors everything."""
+        return audit.read(self.uow(), self.caller, object_id, since, limit)
 
     def _called(self, operation):
         return self.caller.force_code in {f["force_code"] for f in operation["forces"]}

@@ -16,19 +16,26 @@ import json
 from nameko.web.handlers import http
 from werkzeug.wrappers import Response
 
-from intake import handlers, open311_http, openapi
+from intake import domain, handlers, open311_http, openapi
 from intake.dependencies import (
-    BoundedRpcProxy, CitizenKey, IntakeDatabase, MetricsExporter, Open311Settings,
+    BoundedRpcProxy, CitizenKey, IntakeDatabase, MetricsExporter, Open311Settings, RateLimits,
 )
-from wuji_common import auth
+from intake.ratelimit import RateLimited
+from wuji_common import audit, auth
+from wuji_common.audit import audited
 from wuji_common.auth import CurrentCaller, rpc
-from wuji_common.entrypoints import event_handler
+from wuji_common.entrypoints import batch_event_handler, event_handler
 from wuji_common.errors import EXPECTED, Forbidden, InvalidTransition, NotFound, ValidationError
 
 MAX_BODY_BYTES = 64 * 1024
 # who may call what over RPC (wuji_common.auth.ROLES); HTTP stays public (tracking token, API keys)
 RECEPTION = auth.UNIT_STAFF + ("dispatcher", "supervisor")          # register appeals
 READERS = auth.UNIT_STAFF + ("dispatcher", "supervisor", "district_leader")
+
+
+# reveal a contact unmasked (with a reason; intake.domain.may_reveal decides per case)
+REVEALERS = ("unit_head", "supervisor", "district_leader")
+AUDIT_READERS = auth.UNIT_STAFF + ("dispatcher", "supervisor", "district_leader", "ops")
 
 
 def json_response(status, body):
@@ -73,6 +80,29 @@ def tracking_token(request):
     return request.headers.get("X-Tracking-Token") or request.args.get("token")
 
 
+def too_many_requests(exc):
+    response = json_response(429, {"error": "rate_limited", "message": exc.message,
+                                   "retry_after": exc.retry_after})
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def phone_ref(citizen_key, phone):
+    """The keyed hash a phone is rate-limited by (the number itself is never kept in memory)."""
+    return domain.citizen_ref(citizen_key, str(phone)[:40]) if phone else None
+
+
+def submitted_phone(body):
+    citizen = body.get("citizen")
+    return citizen.get("phone") if isinstance(citizen, dict) else None
+
+
+def public_caller(caller, subject="anonymous", role="anonymous"):
+    """The actor of a public HTTP call, for the audit log: the citizen (tracking token) or an
+    anonymous caller, with the client address as its source."""
+    return auth.Caller(subject, role, source=getattr(caller, "source", None))
+
+
 class IntakeService:
     name = "intake"
 
@@ -80,6 +110,7 @@ class IntakeService:
     citizen_key = CitizenKey()
     metrics = MetricsExporter()
     caller = CurrentCaller()
+    rate_limits = RateLimits()
     open311_settings = Open311Settings()
     triage = BoundedRpcProxy("triage")  # the service catalogue (read-only) for Open311
 
@@ -87,8 +118,14 @@ class IntakeService:
     @http("POST", "/api/v1/appeals", expected_exceptions=EXPECTED)
     def post_appeal(self, request):
         try:
-            result = handlers.submit_appeal(self.uow(), read_json(request),
-                                            request.headers.get("Idempotency-Key"), self.citizen_key)
+            body = read_json(request)
+            self.rate_limits.check("appeals", request.remote_addr,
+                                   phone_ref(self.citizen_key, submitted_phone(body)))
+            uow = audited(self.uow(), public_caller(self.caller), "submit_appeal", "appeal")
+            result = handlers.submit_appeal(uow, body, request.headers.get("Idempotency-Key"),
+                                            self.citizen_key)
+        except RateLimited as exc:
+            return too_many_requests(exc)
         except EXPECTED as exc:
             return error_response(exc)
         return json_response(201, result)
@@ -103,8 +140,13 @@ class IntakeService:
     @http("POST", "/api/v1/appeals/<string:case_no>/rating", expected_exceptions=EXPECTED)
     def post_rating(self, request, case_no):
         try:
-            result = handlers.rate_appeal(self.uow(), case_no, tracking_token(request), read_json(request),
+            self.rate_limits.check("rating", request.remote_addr)
+            uow = audited(self.uow(), public_caller(self.caller, f"citizen:{case_no}"[:96], "citizen"),
+                          "rate_appeal", "appeal", case_no)
+            result = handlers.rate_appeal(uow, case_no, tracking_token(request), read_json(request),
                                           request.headers.get("Idempotency-Key"))
+        except RateLimited as exc:
+            return too_many_requests(exc)
         except EXPECTED as exc:
             return error_response(exc)
         return json_response(200, result)
@@ -134,7 +176,17 @@ class IntakeService:
     @http("POST", "/open311/v2/requests.<string:fmt>")
     def open311_create_request(self, request, fmt):
         """The same appeal as any other (handlers.submit_appeal); needs an API key."""
-        return open311_http.create_request(request, fmt, self.open311_settings, self.uow(),
+        try:
+            if (request.content_length or 0) > MAX_BODY_BYTES:
+                raise ValidationError("请求体过大", {"_body": [f"不得超过 {MAX_BODY_BYTES} 字节"]})
+            self.rate_limits.check("open311", request.remote_addr,
+                                   phone_ref(self.citizen_key, open311_http.params(request).get("phone")))
+        except RateLimited as exc:
+            return too_many_requests(exc)
+        except ValidationError as exc:
+            return error_response(exc)
+        uow = audited(self.uow(), public_caller(self.caller), "open311_create_request", "appeal")
+        return open311_http.create_request(request, fmt, self.open311_settings, uow,
                                            self._catalogue, self.citizen_key)
 
     @http("GET", "/open311/v2/requests.<string:fmt>")
@@ -154,17 +206,30 @@ class IntakeService:
     @rpc(roles=RECEPTION, sensitive_arguments=("appeal.citizen",))
     def submit_appeal(self, appeal, idempotency_key=None):
         """Register an appeal. A retry with the same idempotency_key returns the first result."""
-        return handlers.submit_appeal(self.uow(), appeal, idempotency_key, self.citizen_key)
+        uow = audited(self.uow(), self.caller, "submit_appeal", "appeal")
+        return handlers.submit_appeal(uow, appeal, idempotency_key, self.citizen_key)
 
     @rpc(roles=READERS)
     def get_appeal(self, case_no):
-        """The case with its timeline; personal data masked."""
+        """The case with its timeline; personal data masked (a unit sees no person at all when the
+        citizen hid their identity from it). Audited."""
         return handlers.staff_view(self.uow(), case_no, self.caller)
 
     @rpc(roles=("service:notify",))
     def contact_for_notification(self, case_no):
-        """Plain contact data, for notify at send time only."""
-        return handlers.contact_for_notification(self.uow(), case_no)
+        """Plain contact data, for notify at send time only. Audited."""
+        return handlers.contact_for_notification(self.uow(), case_no, self.caller)
+
+    @rpc(roles=REVEALERS)
+    def reveal_contact(self, case_no, reason):
+        """The citizen's contact unmasked, with a reason, audited: supervisors and the district
+        leader; the head of the unit holding the order unless the citizen hid their identity."""
+        return handlers.reveal_contact(self.uow(), self.caller, case_no, reason)
+
+    @rpc(roles=AUDIT_READERS)
+    def audit_log(self, object_id=None, since=None, limit=100):
+        """intake's audit log: a unit's staff their own unit's entries, supervisors everything."""
+        return audit.read(self.uow(), self.caller, object_id, since, limit)
 
     # --- events --------------------------------------------------------------------------------
     @event_handler("auth", "token_revoked")
@@ -173,33 +238,38 @@ class IntakeService:
         auth.record_revocation(self.uow(), "intake.record_revoked_token", envelope)
 
     # --- events: the order's progress, projected for the citizen -------------------------------
-    def _project(self, envelope, consumer):
-        handlers.apply_order_event(self.uow(), f"intake.{consumer}", envelope)
+    def _project(self, envelopes, consumer):
+        handlers.apply_order_events(self.uow(), f"intake.{consumer}", envelopes, on_each=self._audit_event)
 
-    @event_handler("triage", "order_dispatched")
-    def on_order_dispatched(self, envelope):
-        self._project(envelope, "on_order_dispatched")
+    @staticmethod
+    def _audit_event(uow, envelope):
+        """The event's effect is audited as done by the service that published it."""
+        audit.record(uow, audit.event_caller(envelope), envelope["type"], "appeal", envelope["case_no"])
 
-    @event_handler("triage", "order_accepted")
-    def on_order_accepted(self, envelope):
-        self._project(envelope, "on_order_accepted")
+    @batch_event_handler("triage", "order_dispatched")
+    def on_order_dispatched(self, envelopes):
+        self._project(envelopes, "on_order_dispatched")
 
-    @event_handler("triage", "order_returned")
-    def on_order_returned(self, envelope):
-        self._project(envelope, "on_order_returned")
+    @batch_event_handler("triage", "order_accepted")
+    def on_order_accepted(self, envelopes):
+        self._project(envelopes, "on_order_accepted")
 
-    @event_handler("triage", "order_progressed")
-    def on_order_progressed(self, envelope):
-        self._project(envelope, "on_order_progressed")
+    @batch_event_handler("triage", "order_returned")
+    def on_order_returned(self, envelopes):
+        self._project(envelopes, "on_order_returned")
 
-    @event_handler("triage", "order_resolved")
-    def on_order_resolved(self, envelope):
-        self._project(envelope, "on_order_resolved")
+    @batch_event_handler("triage", "order_progressed")
+    def on_order_progressed(self, envelopes):
+        self._project(envelopes, "on_order_progressed")
 
-    @event_handler("triage", "order_reopened")
-    def on_order_reopened(self, envelope):
-        self._project(envelope, "on_order_reopened")
+    @batch_event_handler("triage", "order_resolved")
+    def on_order_resolved(self, envelopes):
+        self._project(envelopes, "on_order_resolved")
 
-    @event_handler("triage", "order_closed")
-    def on_order_closed(self, envelope):
-        self._project(envelope, "on_order_closed")
+    @batch_event_handler("triage", "order_reopened")
+    def on_order_reopened(self, envelopes):
+        self._project(envelopes, "on_order_reopened")
+
+    @batch_event_handler("triage", "order_closed")
+    def on_order_closed(self, envelopes):
+        self._project(envelopes, "on_order_closed")
