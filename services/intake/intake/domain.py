@@ -31,14 +31,17 @@ def citizen_ref(key, phone=None, id_number=None):
     return hmac.new(key.encode("utf-8"), value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
-def redact_text(text, citizen=None, hide_identity=False):
-    """The appeal's text as it may leave intake: the citizen's phone, ID number or name written
-    into the message itself are masked before the text goes into an event; with "hide my identity
-    from the unit" the name is removed altogether (a masked family name can be enough to tell)."""
+def redact_text(text, citizen=None, hide_identity=False, address=None):
+    """The appeal's text as it may leave intake: the citizen's phone, ID number, name or precise
+    address written into the message itself are masked before the text goes into an event; with
+    "hide my identity from the unit" the name is removed altogether (a masked family name can be
+    enough to tell)."""
     name = citizen.get("name") if citizen else None
     text = privacy.redact_text(text, names=[name] if name and not hide_identity else ())
     if name and hide_identity and text:
         text = text.replace(name, "[姓名已隐藏]")
+    if address and text and len(address) >= 4:
+        text = text.replace(address, "[详细地址已隐藏]")
     return text
 
 

@@ -79,10 +79,10 @@ def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None, 
                 address=location.get("address")))
         s.add(TimelineEntry(case_no=appeal.case_no, at=now, status="received",
                             text=domain.timeline_text("appeal_received", {})))
-        hide = appeal.hide_identity
+        hide, address = appeal.hide_identity, location.get("address")
         uow.emit("appeal_received", appeal.case_no, {
-            "channel": appeal.channel, "title": domain.redact_text(appeal.title, citizen, hide),
-            "content": domain.redact_text(appeal.content, citizen, hide),
+            "channel": appeal.channel, "title": domain.redact_text(appeal.title, citizen, hide, address),
+            "content": domain.redact_text(appeal.content, citizen, hide, address),
             "town_code": appeal.town_code, "village_code": appeal.village_code,
             "anonymous": appeal.anonymous, "citizen_ref": appeal.citizen_ref,
             "reception_level": appeal.reception_level,
@@ -144,10 +144,11 @@ def staff_view(uow, case_no, caller=None):
         # the text as triage got it: phones and ID numbers masked, the name masked or, when the
         # citizen hid their identity from the unit, removed
         person = {"name": stored.name} if stored is not None else None
+        address = stored.address if stored is not None else None
         view = StaffAppealSchema().dump({
             "case_no": appeal.case_no, "channel": appeal.channel,
-            "title": domain.redact_text(appeal.title, person, appeal.hide_identity),
-            "content": domain.redact_text(appeal.content, person, appeal.hide_identity),
+            "title": domain.redact_text(appeal.title, person, appeal.hide_identity, address),
+            "content": domain.redact_text(appeal.content, person, appeal.hide_identity, address),
             "town_code": appeal.town_code,
             "village_code": appeal.village_code, "anonymous": appeal.anonymous,
             "identity_hidden": hidden, "status": appeal.status, "satisfaction": appeal.satisfaction,
@@ -214,8 +215,12 @@ def rate_appeal(uow, case_no, token, payload, idempotency_key=None, now=None):
         appeal.version += 1
         s.add(TimelineEntry(case_no=case_no, at=now, status="rated",
                             text=domain.timeline_text("appeal_rated", {})))
+        # people write their phone or name into the comment too: masked before it leaves intake
+        contact = s.get(CitizenContact, case_no)
+        comment = domain.redact_text(data["comment"], {"name": contact.name} if contact else None,
+                                     appeal.hide_identity, contact.address if contact else None)
         uow.emit("appeal_rated", case_no, {"satisfaction": data["satisfaction"],
-                                           "comment": data["comment"], "rated_at": now.isoformat()})
+                                           "comment": comment, "rated_at": now.isoformat()})
         result = {"case_no": case_no, "status": "rated", "satisfaction": data["satisfaction"]}
         uow.remember("rate_appeal", idempotency_key and f"{case_no}:{idempotency_key}", result)
         uow.commit()
