@@ -11,7 +11,8 @@ plus wuji_common's entrypoint series, on METRICS_PORT.
 
 from metrics import assessment, handlers
 from metrics.dependencies import DomainMetrics, KpiTimeZone, MetricsDatabase, MetricsExporter
-from wuji_common import auth, metrics as common_metrics
+from wuji_common import audit, auth, metrics as common_metrics
+from wuji_common.audit import audited
 from wuji_common.auth import CurrentCaller, rpc
 from wuji_common.entrypoints import config_timer, event_handler
 from wuji_common.errors import Forbidden
@@ -56,9 +57,14 @@ class MetricsService:
         """Drop the appeal and order facts and fold them again from the event log (one transaction;
         events arriving meanwhile wait and then refold). Returns {"events", "orders", "appeals"}.
         Long on a big log: call it with a generous timeout, or run `metrics rebuild` instead."""
-        result = handlers.rebuild(self.uow())
+        result = handlers.rebuild(audited(self.uow(), self.caller, "rebuild", "projections"))
         self.publish_series(handlers.metrics_snapshot(self.uow(), tz=self.kpi_timezone))
         return result
+
+    @rpc(roles=OVERSIGHT + ("ops",))
+    def audit_log(self, object_id=None, since=None, limit=100):
+        """metrics' audit log (rebuilds of the projections): supervisors and the district leader."""
+        return audit.read(self.uow(), self.caller, object_id, since, limit)
 
     # --- Prometheus -----------------------------------------------------------------------------
     @config_timer("REFRESH_SECONDS", 15, eager=True)

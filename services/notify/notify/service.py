@@ -22,7 +22,8 @@ from notify.dependencies import (
     BoundedRpcProxy, Channels, DeliveryPolicy, MetricsExporter, NotificationRules, NotifyDatabase,
     Senders,
 )
-from wuji_common import auth
+from wuji_common import audit, auth
+from wuji_common.audit import audited
 from wuji_common.auth import CurrentCaller, rpc
 from wuji_common.entrypoints import config_timer, event_handler
 from wuji_common.events import CATALOGUE
@@ -48,6 +49,10 @@ class NotifyService:
     senders = Senders()
     metrics = MetricsExporter()
     caller = CurrentCaller()
+
+    def _audited(self, action, object_type, object_id=None, reason=None):
+        """The unit of work of a call that changes state: its commit writes the audit row."""
+        return audited(self.uow(), self.caller, action, object_type, object_id, reason)
 
     def _outside(self):
         return handlers.Outside(citizen_contact=self.intake.contact_for_notification,
@@ -92,7 +97,7 @@ class NotifyService:
                          idempotency_key=None):
         """A unit sets its e-mail, duty phone and webhook endpoint. An empty webhook_url removes the
         webhook; a webhook without a secret gets one, returned once as ``webhook_secret``."""
-        return handlers.set_unit_contact(self.uow(), {
+        return handlers.set_unit_contact(self._audited("set_unit_contact", "unit", unit_code), {
             "unit_code": self.caller.require_unit(unit_code), "email": email, "webhook_url": webhook_url,
             "webhook_secret": webhook_secret, "phone": phone}, idempotency_key)
 
@@ -107,14 +112,15 @@ class NotifyService:
                   idempotency_key=None):
         """Subscribe an endpoint to event types (optionally only one unit's); a new subscriber gets
         its signing secret once, as ``secret``. With ``subscriber_id``: add event types to it."""
-        return handlers.subscribe(self.uow(), {
+        return handlers.subscribe(self._audited("subscribe", "subscriber", subscriber_id or name), {
             "event_types": event_types, "url": url, "name": name, "unit_code": unit_code,
             "secret": secret, "subscriber_id": subscriber_id}, idempotency_key)
 
     @rpc(roles=("ops",))
     def unsubscribe(self, subscriber_id, event_types=None):
         """Drop event types; none given (or none left): drop the subscriber. Returns what is left."""
-        return handlers.unsubscribe(self.uow(), subscriber_id, event_types)
+        return handlers.unsubscribe(self._audited("unsubscribe", "subscriber", subscriber_id), subscriber_id,
+                                    event_types)
 
     @rpc(roles=("ops",))
     def subscribers(self):
@@ -125,7 +131,7 @@ class NotifyService:
     def set_preferences(self, case_no, channel=None, quiet_hours=None, idempotency_key=None):
         """The channel the citizen of ``case_no`` wants first, and quiet hours such as "22:00-07:00"
         (China time) during which non-urgent news waits; for all of the citizen's appeals."""
-        return handlers.set_preferences(self.uow(), {
+        return handlers.set_preferences(self._audited("set_preferences", "appeal", case_no), {
             "case_no": case_no, "channel": channel, "quiet_hours": quiet_hours}, idempotency_key)
 
     @rpc(roles=CITIZEN_DESK)
@@ -141,7 +147,8 @@ class NotifyService:
     @rpc(roles=auth.UNIT_STAFF)
     def mark_read(self, unit_code, message_ids=None):
         """Mark messages read (all unread if no ids); returns how many changed."""
-        return handlers.mark_read(self.uow(), self.caller.require_unit(unit_code), message_ids)
+        return handlers.mark_read(self._audited("mark_read", "unit", unit_code),
+                                  self.caller.require_unit(unit_code), message_ids)
 
     # --- RPC: the log, the dead list, outages ---------------------------------------------------------
     @rpc(roles=("dispatcher", "supervisor", "ops"))
@@ -158,7 +165,7 @@ class NotifyService:
     @rpc(roles=("ops",))
     def replay(self, delivery_id, idempotency_key=None):
         """Try a failed or skipped delivery again now, with a fresh set of retries."""
-        handlers.replay(self.uow(), delivery_id, idempotency_key)
+        handlers.replay(self._audited("replay", "delivery", delivery_id), delivery_id, idempotency_key)
         self._deliver_now(delivery_id)
         return handlers.get_delivery(self.uow(), delivery_id)
 
@@ -166,6 +173,12 @@ class NotifyService:
     def providers(self):
         """Providers that are away, and how many deliveries wait for each."""
         return handlers.providers(self.uow())
+
+
+    @rpc(roles=auth.UNIT_STAFF + ("dispatcher", "supervisor", "district_leader", "ops"))
+    def audit_log(self, object_id=None, since=None, limit=100):
+        """notify's audit log: a unit's staff their own unit's entries, supervisors everything."""
+        return audit.read(self.uow(), self.caller, object_id, since, limit)
 
 
 def _listener(source, event_type):

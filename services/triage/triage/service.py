@@ -23,7 +23,8 @@ from triage.dependencies import (
     TriageDatabase,
 )
 from triage.domain import TaxonomyError, utcnow
-from wuji_common import auth, metrics
+from wuji_common import audit, auth, metrics
+from wuji_common.audit import audited
 from wuji_common.auth import CurrentCaller, rpc
 from wuji_common.entrypoints import config_timer, event_handler
 from wuji_common.errors import NotYourOrder, ValidationError
@@ -49,7 +50,8 @@ class TriageService:
     @event_handler("intake", "appeal_received")
     def on_appeal_received(self, envelope):
         """Exactly one work order per appeal, however often the event arrives."""
-        routed = handlers.dispatch_appeal(self.uow(), self.router, "triage.on_appeal_received", envelope,
+        routed = handlers.dispatch_appeal(self._by_event(envelope), self.router,
+                                          "triage.on_appeal_received", envelope,
                                           index=self.near_duplicates)
         if routed is None:
             metrics.EVENTS_DUPLICATE.labels(self.name, "triage.on_appeal_received").inc()
@@ -65,17 +67,27 @@ class TriageService:
 
     @event_handler("intake", "appeal_rated")
     def on_appeal_rated(self, envelope):
-        if handlers.apply_rating(self.uow(), "triage.on_appeal_rated", envelope) is None:
+        if handlers.apply_rating(self._by_event(envelope), "triage.on_appeal_rated", envelope) is None:
             metrics.EVENTS_DUPLICATE.labels(self.name, "triage.on_appeal_rated").inc()
 
     @event_handler("enforcement", "operation_completed")
     def on_operation_completed(self, envelope):
-        handlers.complete_by_operation(self.uow(), "triage.on_operation_completed", envelope)
+        handlers.complete_by_operation(self._by_event(envelope), "triage.on_operation_completed",
+                                       envelope)
 
     @event_handler("auth", "token_revoked")
     def record_revoked_token(self, envelope):
         """Every instance refuses the token from now on (auth.CurrentCaller reads the record)."""
         auth.record_revocation(self.uow(), "triage.record_revoked_token", envelope)
+
+    def _by_event(self, envelope):
+        """The unit of work of an event's effect, audited as done by the event's source service."""
+        return audited(self.uow(), audit.event_caller(envelope), envelope["type"], "appeal",
+                       envelope.get("case_no"))
+
+    def _audited(self, action, object_type, object_id=None, reason=None):
+        """The unit of work of a call that changes state: its commit writes the audit row."""
+        return audited(self.uow(), self.caller, action, object_type, object_id, reason)
 
     # --- RPC: the units' systems ----------------------------------------------------------------
     @rpc(roles=READERS)
@@ -106,26 +118,27 @@ class TriageService:
     @rpc(roles=UNITS)
     def accept_order(self, order_no, unit_code, idempotency_key):
         """签收: the unit takes the order on."""
-        return handlers.accept_order(self.uow(), order_no, self.caller.require_unit(unit_code),
-                                     idempotency_key)
+        return handlers.accept_order(self._audited("accept_order", "order", order_no), order_no,
+                                     self.caller.require_unit(unit_code), idempotency_key)
 
     @rpc(roles=UNITS)
     def return_order(self, order_no, unit_code, reason, idempotency_key):
         """退单: not this unit's business; the appeal is routed to another unit (or to a dispatcher)."""
-        return handlers.return_order(self.uow(), self.router, order_no,
-                                     self.caller.require_unit(unit_code), reason, idempotency_key)
+        return handlers.return_order(self._audited("return_order", "order", order_no, reason),
+                                     self.router, order_no, self.caller.require_unit(unit_code), reason,
+                                     idempotency_key)
 
     @rpc(roles=UNITS)
     def add_progress(self, order_no, unit_code, note, idempotency_key):
         """办理进展."""
-        return handlers.add_progress(self.uow(), order_no, self.caller.require_unit(unit_code), note,
-                                     idempotency_key)
+        return handlers.add_progress(self._audited("add_progress", "order", order_no), order_no,
+                                     self.caller.require_unit(unit_code), note, idempotency_key)
 
     @rpc(roles=UNITS)
     def resolve_order(self, order_no, unit_code, resolution, idempotency_key):
         """办结: the citizen is then invited to rate the handling."""
-        return handlers.resolve_order(self.uow(), order_no, self.caller.require_unit(unit_code),
-                                      resolution, idempotency_key)
+        return handlers.resolve_order(self._audited("resolve_order", "order", order_no), order_no,
+                                      self.caller.require_unit(unit_code), resolution, idempotency_key)
 
     # --- RPC: dispatchers (人工研判) -------------------------------------------------------------
     @rpc(roles=OVERSIGHT)
@@ -136,8 +149,8 @@ class TriageService:
     @rpc(roles=("dispatcher",))
     def route_manually(self, order_no, unit_code, category, item, idempotency_key):
         """A dispatcher routes a waiting order, or re-routes a returned or not yet signed one."""
-        return handlers.route_manually(self.uow(), self.router, order_no, unit_code, category, item,
-                                       idempotency_key)
+        return handlers.route_manually(self._audited("route_manually", "order", order_no), self.router,
+                                       order_no, unit_code, category, item, idempotency_key)
 
     @rpc(roles=OVERSIGHT)
     def hotspots(self, since=None, town_code=None, limit=None):
@@ -158,6 +171,7 @@ class TriageService:
             previous, version = self.reload()
         except TaxonomyError as err:
             raise ValidationError("事项清单配置有误，未生效", {"taxonomy": [str(err)]}) from None
+        audit.note(self.uow(), self.caller, "reload_taxonomy", "taxonomy", version, f"from {previous}")
         return {"previous_version": previous, "version": version}
 
     # --- housekeeping ---------------------------------------------------------------------------
@@ -173,38 +187,40 @@ class TriageService:
         escalation of a unit not reported in. Every instance sweeps; each checkpoint fires once
         (SKIP LOCKED claims, a marker per clock and checkpoint); eager: what fell due while the
         service was down fires at start."""
-        supervision.sweep(self.uow())
+        supervision.sweep(audited(self.uow(), self.caller, "sweep_clocks", "order", only_with_events=True))
 
     @rpc(roles=UNITS)
     def request_extension(self, order_no, unit_code, days, reason, idempotency_key):
         """延期: the unit asks, before the resolve deadline, for ``days`` more (working days under a
         working-time policy); the supervision zone decides."""
-        return supervision.request_clock_change(self.uow(), "extension", order_no,
-                                                self.caller.require_unit(unit_code), days, reason,
-                                                idempotency_key)
+        return supervision.request_clock_change(
+            self._audited("request_extension", "order", order_no, reason), "extension", order_no,
+            self.caller.require_unit(unit_code), days, reason, idempotency_key)
 
     @rpc(roles=("supervisor",))
     def decide_extension(self, request_id, approve, supervisor, note, idempotency_key):
-        return supervision.decide_clock_change(self.uow(), "extension", request_id, approve, supervisor,
-                                               note, idempotency_key)
+        return supervision.decide_clock_change(
+            self._audited("decide_extension", "clock_request", request_id, note), "extension",
+            request_id, approve, supervisor, note, idempotency_key)
 
     @rpc(roles=UNITS)
     def request_suspension(self, order_no, unit_code, days, reason, idempotency_key):
         """挂账: the unit asks for the order's clocks to stand still for at most ``days`` days."""
-        return supervision.request_clock_change(self.uow(), "suspension", order_no,
-                                                self.caller.require_unit(unit_code), days, reason,
-                                                idempotency_key)
+        return supervision.request_clock_change(
+            self._audited("request_suspension", "order", order_no, reason), "suspension", order_no,
+            self.caller.require_unit(unit_code), days, reason, idempotency_key)
 
     @rpc(roles=("supervisor",))
     def decide_suspension(self, request_id, approve, supervisor, note, idempotency_key):
-        return supervision.decide_clock_change(self.uow(), "suspension", request_id, approve, supervisor,
-                                               note, idempotency_key)
+        return supervision.decide_clock_change(
+            self._audited("decide_suspension", "clock_request", request_id, note), "suspension",
+            request_id, approve, supervisor, note, idempotency_key)
 
     @rpc(roles=UNITS + ("supervisor",))
     def resume_order(self, order_no, unit_code, idempotency_key):
         """挂账 ends early: the clocks run again."""
-        return supervision.resume(self.uow(), order_no, self.caller.require_unit(unit_code),
-                                  idempotency_key)
+        return supervision.resume(self._audited("resume_order", "order", order_no), order_no,
+                                  self.caller.require_unit(unit_code), idempotency_key)
 
     @rpc(roles=READERS)
     def overdue(self, town_code=None, unit_code=None):
@@ -227,9 +243,16 @@ class TriageService:
     @rpc(roles=("supervisor",))
     def urge(self, order_no, supervisor, note, idempotency_key):
         """催办: a supervision notice to the unit holding the order."""
-        return supervision.urge(self.uow(), order_no, supervisor, note, idempotency_key)
+        return supervision.urge(self._audited("urge", "order", order_no, note), order_no, supervisor, note,
+                                idempotency_key)
 
     @rpc(roles=("supervisor",))
     def record_urge_outcome(self, urge_id, outcome, note, idempotency_key):
         """What came of an urge: handled | in_progress | no_response."""
-        return supervision.record_urge_outcome(self.uow(), urge_id, outcome, note, idempotency_key)
+        return supervision.record_urge_outcome(self._audited("record_urge_outcome", "urge", urge_id, note),
+                                               urge_id, outcome, note, idempotency_key)
+
+    @rpc(roles=READERS + ("ops",))
+    def audit_log(self, object_id=None, since=None, limit=100):
+        """triage's audit log: a unit's staff their own unit's entries, supervisors everything."""
+        return audit.read(self.uow(), self.caller, object_id, since, limit)
