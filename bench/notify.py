@@ -2,7 +2,7 @@
 webhook received), next to a baseline measured in the same run: the same receiver hit directly by a
 plain HTTP client loop with the same signed bodies.
 
-    .venv/bin/python bench/notify.py [--events 1000] [--paced 200] [--rate 10] [--runs 3] [--db postgresql]
+    .venv/bin/python bench/notify.py [--events 1000] [--paced 200] [--rate 10] [--runs 3] [--db postgresql] [--profile PATH]
 
 notify runs as its own process (`nameko run`, config.yml as shipped except the per-endpoint rate limit,
 which is lifted so that the machinery is measured, not the limit), on its own RabbitMQ vhost and
@@ -176,6 +176,7 @@ def main():
     parser.add_argument("--rate", type=float, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument("--profile", metavar="PATH", help="run notify under cProfile, stats to PATH")
     args = parser.parse_args()
 
     from notify import content, handlers
@@ -217,7 +218,9 @@ def main():
         env = dict(os.environ, AMQP_URI=amqp_uri, NOTIFY_DB_URL=db_url, NOTIFY_METRICS_PORT=str(metrics_port),
                    NOTIFY_RATE_LIMIT_WEBHOOK="0", SMTP_PORT=str(free_port()), PYTHONUNBUFFERED="1")
         with open(work / "notify.log", "ab") as out:
-            notify = subprocess.Popen([str(BIN / "nameko"), "run", "--config",
+            # --profile: notify runs under cProfile, its stats written when it stops
+            profiler = [sys.executable, "-m", "cProfile", "-o", args.profile] if args.profile else []
+            notify = subprocess.Popen([*profiler, str(BIN / "nameko"), "run", "--config",
                                        str(ROOT / "services/notify/config.yml"), "notify.service"],
                                       env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                       start_new_session=True)

@@ -2,7 +2,8 @@
 provider accepted the message, or raises :class:`ProviderDown` (the provider is away: hold its queue),
 :class:`TransientError` (this message may go later), :class:`PermanentError` (give up on this channel)
 or :class:`NotConfigured` (this channel cannot carry this notice here: try the next one).
-``available`` says whether the channel is configured at all.
+``available`` says whether the channel is configured at all; ``carries(template)``, where a channel has
+it, whether it can carry a given notice (SMS and WeChat need a template registered in advance).
 
 All are plain blocking code (smtplib, requests, SQLAlchemy); under nameko, eventlet's monkey patching
 makes them green. Error summaries name the failure, never the address or the text.
@@ -205,6 +206,11 @@ class SmsChannel:
     def available(self):
         return bool(self.base_url)
 
+    def carries(self, template):
+        """Whether this notice has a registered template here (else the citizen's number is not
+        even looked up)."""
+        return bool(self.template_codes.get(template))
+
     def request(self, outgoing):
         code = self.template_codes.get(outgoing.template)
         if not code:
@@ -282,6 +288,9 @@ class WechatChannel:
     @property
     def available(self):
         return bool(self.appid)
+
+    def carries(self, template):
+        return bool(self.template_ids.get(template))
 
     def access_token(self, stale=None):
         """The cached token, fetched anew when it is about to expire or when ``stale`` was refused."""

@@ -1,17 +1,19 @@
 """notify's providers: its database (unit of work + outbox relay), the channels with their rate
 limiter, the delivery policy, the rules."""
 import json
+import logging
 
 from nameko.extensions import DependencyProvider
 
-from notify import content
+from notify import content, handlers
 from notify.channels import (
     EmailChannel, InboxChannel, RateLimiter, SmsChannel, WebhookChannel, WechatChannel,
 )
-from notify.handlers import Policy
 from notify.models import metadata
 from wuji_common.db import make_engine
 from wuji_common.dependencies import BoundedRpcProxy, Database, MetricsExporter  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 
 def NotifyDatabase():
@@ -73,18 +75,21 @@ class Channels(DependencyProvider):
 class DeliveryPolicy(DependencyProvider):
     """Retries (DELIVERY_MAX_ATTEMPTS, DELIVERY_RETRY_BASE_SECONDS, DELIVERY_RETRY_CAP_SECONDS),
     provider probes (PROVIDER_RETRY_BASE_SECONDS, PROVIDER_RETRY_CAP_SECONDS), claim lease
-    (DELIVERY_CLAIM_SECONDS), citizens' default quiet hours (QUIET_HOURS), PORTAL_URL."""
+    (DELIVERY_CLAIM_SECONDS), batches (DELIVERY_BATCH claimed at once, DELIVERY_RECORD_EVERY sends
+    recorded at once), citizens' default quiet hours (QUIET_HOURS), PORTAL_URL."""
 
     def setup(self):
         c = self.container.config
-        d = Policy()
-        self.policy = Policy(
+        d = handlers.Policy()
+        self.policy = handlers.Policy(
             max_attempts=int(c.get("DELIVERY_MAX_ATTEMPTS", d.max_attempts)),
             retry_base=float(c.get("DELIVERY_RETRY_BASE_SECONDS", d.retry_base)),
             retry_cap=float(c.get("DELIVERY_RETRY_CAP_SECONDS", d.retry_cap)),
             provider_base=float(c.get("PROVIDER_RETRY_BASE_SECONDS", d.provider_base)),
             provider_cap=float(c.get("PROVIDER_RETRY_CAP_SECONDS", d.provider_cap)),
             claim_seconds=float(c.get("DELIVERY_CLAIM_SECONDS", d.claim_seconds)),
+            batch=int(c.get("DELIVERY_BATCH", d.batch)),
+            record_every=int(c.get("DELIVERY_RECORD_EVERY", d.record_every)),
             portal_url=c.get("PORTAL_URL", "http://127.0.0.1:8000"),
             default_quiet_hours=c.get("QUIET_HOURS") or "",
             sms_param_limit=int(c.get("SMS_PARAM_MAX_CHARS", d.sms_param_limit)))
@@ -106,24 +111,84 @@ class NotificationRules(DependencyProvider):
 
 
 class Senders(DependencyProvider):
-    """A bounded pool of green threads that send reserved deliveries after the event handler has
-    committed the reservation and returned, so that the rate at which events are taken off the queue
-    does not fall to the rate at which providers accept messages. A send cut off by a stop or a crash
-    stays reserved, and the sweep sends it (it runs at start, too). Config ``SENDERS`` (default 6: each
-    holds a database connection while it claims and records)."""
+    """Sends reserved deliveries after the event handler has committed the reservation and returned,
+    so that the rate at which events are taken off the queue does not fall to the rate at which
+    providers accept messages.
+
+    ``wake(work)`` (``work`` = (unit-of-work factory, handlers.Outside, Policy, count)) starts one
+    dispatcher per instance if none is running: it claims due deliveries in batches
+    (handlers.claim_due, at most one lane per free sender) and gives each lane to a sender of a
+    bounded pool of green threads (config ``SENDERS``, default 6: each holds a database connection
+    while it records), which sends the lane's claims in order (handlers.send_claims). A sender whose
+    lane may have more (the claim left some, or news came while it was busy) wakes the dispatcher
+    again. A send cut off by a stop or a crash stays reserved, and the sweep sends it (it runs at
+    start, too)."""
 
     def setup(self):
         import eventlet
         self.pool = eventlet.GreenPool(int(self.container.config.get("SENDERS", 6)))
+        self.work = None
+        self.dispatching = self.again = self.starved = self.stopping = False
+        self.busy = {}  # lane being sent here -> whether news came meanwhile
 
     def stop(self):
         import eventlet
+        self.stopping = True  # senders give their remaining claims back
         with eventlet.Timeout(20, False):  # shorter than the deployment's grace period
             self.pool.waitall()
 
     def kill(self):
+        self.stopping = True
         for thread in list(self.pool.coroutines_running):
             thread.kill()
 
     def get_dependency(self, worker_ctx):
-        return self.pool.spawn_n
+        return self
+
+    def wake(self, work):
+        if self.stopping:
+            return
+        self.work = work
+        for lane in self.busy:
+            self.busy[lane] = True  # its sender looks again when it is done
+        if self.dispatching:
+            self.again = True
+            return
+        self.dispatching = True
+        self.container.spawn_managed_thread(self._dispatch)
+
+    def _dispatch(self):
+        try:
+            while not self.stopping:
+                self.again = False
+                free = self.pool.free()
+                if not free:
+                    self.starved = True  # the next sender to finish wakes us
+                    break
+                uow, outside, policy, count = self.work
+                claims, more = handlers.claim_batch(uow(), policy, lanes=free)
+                if not claims:
+                    if self.again:
+                        continue
+                    break
+                for lane in handlers.by_lane(claims):
+                    self.busy[lane[0].lane] = more  # its sender looks again when it is done
+                    self.pool.spawn_n(self._send, lane)
+        except Exception:
+            # the database is away: what is reserved stays so, and the sweep tries again
+            log.warning("claiming deliveries failed; left for the sweep", exc_info=True)
+        finally:
+            self.dispatching = False
+
+    def _send(self, claims):
+        uow, outside, policy, count = self.work
+        try:
+            count(handlers.send_claims(uow(), claims, outside, policy, stopping=lambda: self.stopping))
+        except Exception:
+            # claimed and unrecorded: taken up again when the claim runs out
+            log.warning("sending lane %s failed; left for the sweep", claims[0].id, exc_info=True)
+        finally:
+            more = self.busy.pop(claims[0].lane, False)
+            if more or self.starved:
+                self.starved = False
+                self.wake(self.work)

@@ -9,6 +9,7 @@ import random
 import re
 import string
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, time, timedelta, timezone
 
 from wuji_common.events import CATALOGUE, CHINA_TIME
@@ -230,6 +231,20 @@ def subscriber_wants(subscriber, envelope):
     return not subscriber.unit_code or envelope["data"].get("unit_code") == subscriber.unit_code
 
 
+def lane_of(recipient, channel, citizen=None):
+    """The queue a delivery keeps its order in: one per recipient and channel, so that two notices to
+    the same unit (or citizen) on the same channel arrive in the order their events happened, while
+    different recipients are sent to in parallel. A citizen is known by intake's keyed
+    ``citizen_ref`` (their appeals share one lane), else by the case."""
+    who = f"{CITIZEN}:{citizen}" if recipient == CITIZEN else recipient
+    return f"{who}|{channel}"
+
+
+def relane(lane, channel):
+    """The same recipient's lane on another channel (a fallback)."""
+    return f"{lane.rpartition('|')[0]}|{channel}"
+
+
 def provider_of(channel, recipient):
     """Whose outage holds a delivery back: one SMS gateway, one WeChat account, one mail server, the
     inbox; each webhook endpoint is a provider of its own (one department's system being down must
@@ -399,9 +414,16 @@ def template_values(context, **extra):
     return values
 
 
+@lru_cache(maxsize=1024)
 def _names(text):
-    return [m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text or "")
-            if m.group("named") or m.group("braced")]
+    return tuple(m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text or "")
+                 if m.group("named") or m.group("braced"))
+
+
+@lru_cache(maxsize=1024)
+def _template(text):
+    """Templates are a few dozen files: each is parsed once, not per message."""
+    return string.Template(text)
 
 
 def shorten(value, limit):
@@ -425,13 +447,17 @@ def render(templates, values, channel="email", sms_param_limit=35):
         data = {}
         for key, text in templates.wechat.items():
             limit = WECHAT_LIMITS.get(re.sub(r"\d+$", "", key), 20)
-            data[key] = {"value": shorten(" ".join(string.Template(text).substitute(values).split()), limit)}
+            data[key] = {"value": shorten(" ".join(_template(text).substitute(values).split()), limit)}
         return Rendered(wechat_data=data)
-    escaped = {k: html.escape(v).replace("\n", "<br>\n") for k, v in values.items()}
+    html_part = ""
+    if channel == "email":
+        # every value, whatever its source, is escaped (quotes too: values may sit in attributes)
+        escaped = {k: html.escape(v, quote=True).replace("\n", "<br>\n") for k, v in values.items()}
+        html_part = _template(templates.html).substitute(escaped)
     return Rendered(
-        subject=" ".join(string.Template(templates.subject).substitute(values).split()),
-        text=string.Template(templates.text).substitute(values),
-        html=string.Template(templates.html).substitute(escaped) if channel == "email" else "",
+        subject=" ".join(_template(templates.subject).substitute(values).split()),
+        text=_template(templates.text).substitute(values),
+        html=html_part,
     )
 
 

@@ -6,22 +6,29 @@ across the network:
 1. :func:`record_event` reserves, per notice, a ``pending`` delivery on the first channel of its
    chain, in the same transaction that marks the event processed (a redelivered event reserves
    nothing; the unique key (event_id, recipient, channel) stops a concurrent duplicate);
-2. :func:`deliver` claims one delivery in a short transaction (a lease, with an attempt row written
-   as ``sending``), looks up the address and sends outside any transaction, then records the outcome
-   in another short transaction;
-3. :func:`send_due` does the same for every delivery that is due, oldest event first: retries, the
-   queue of a provider that came back, and deliveries left claimed by a crash.
+2. :func:`claim_due` claims many due deliveries in one short transaction (a lease), the first ones
+   of each *lane* — one recipient on one channel — so that a recipient hears of two events in the
+   order they happened while different recipients are sent to in parallel;
+3. :func:`send_claims` sends one lane's claims in order outside any transaction and records the
+   outcomes in short transactions, several sends at a time.
+
+:func:`deliver` (one delivery and whatever is ahead of it in its lane) and :func:`send_due` (all
+that is due) run these steps one after the other; the service runs one lane per sender.
+
+Order: a lane's delivery is not claimed while an older one of the same lane is due or in flight
+(a message waiting for its own retry, or held by quiet hours, does not hold the lane up).
 
 Failures: a message's own transient failure is retried with exponential backoff and jitter; a
 permanent one, or the last retry, marks it ``failed`` (the dead list) and reserves the next channel
-of its chain. A provider that is away (:class:`ProviderDown`) holds all its deliveries, in order,
-without using up their retries; one probe at a time tries the oldest after the provider's own
-backoff, and when it goes through the queue drains oldest first.
+of its chain. A provider that is away (:class:`ProviderDown`) holds all its deliveries in their
+lanes without using up their retries; one probe at a time tries the oldest after the provider's own
+backoff, and when it goes through the lanes drain oldest first.
 
 Crashes: an attempt still ``sending`` when its claim ran out was interrupted. On channels whose
 receivers drop a repeat by the delivery id (inbox, webhook, e-mail) it is sent again; on SMS and
 WeChat it is not — nobody is told twice — it is dead-listed as interrupted for ops to check and
-replay, and the next channel is tried.
+replay, and the next channel is tried. On those two the attempt is written (committed) right
+before each send, so a crash interrupts only what was on the wire, never what merely was claimed.
 """
 import logging
 import random
@@ -30,10 +37,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 from marshmallow import ValidationError as SchemaError
-from sqlalchemy import and_, delete, exists, func, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import delete, exists, func, insert, or_, select, tuple_, update
 
 from notify import content, domain
 from notify.domain import CITIZEN, FAILED, PENDING, SENT, SKIPPED, SUBSCRIBER
@@ -52,7 +59,11 @@ log = logging.getLogger(__name__)
 
 delivery_schema = DeliverySchema()
 attempt_schema = AttemptSchema()
-RETRY, PROVIDER_DOWN = "retry", "provider_down"
+RETRY, PROVIDER_DOWN, SUPERSEDED = "retry", "provider_down", "superseded"
+# Core tables: the hot paths (reserve, claim, record) write many rows per statement
+D, A, P = Delivery.__table__, DeliveryAttempt.__table__, Provider.__table__
+STAFF_COLUMNS = (UnitContact.unit_code, UnitContact.unit_name, UnitContact.kind, UnitContact.email,
+                 UnitContact.phone, UnitContact.webhook_url, UnitContact.webhook_secret)
 
 
 def _now():
@@ -66,15 +77,18 @@ def _aware(at):
 
 @dataclass(frozen=True)
 class Policy:
-    """How deliveries are retried and held. ``claim_seconds`` must outlast one send (intake look-up,
-    rate-limit wait and the channel's time-out): a claim older than that is taken as its sender's
-    crash."""
+    """How deliveries are retried, held and batched. ``claim_seconds`` must outlast one send (intake
+    look-up, rate-limit wait and the channel's time-out): a claim older than that is taken as its
+    sender's crash. A sender starts no send of its batch after half of it has passed."""
     max_attempts: int = 5              # a message's own failures before it is dead
     retry_base: float = 30             # first retry after 15–30 s, then doubling ...
     retry_cap: float = 3600            # ... up to 30–60 min
     provider_base: float = 5           # first probe of a provider that went away after 2.5–5 s ...
     provider_cap: float = 300          # ... then doubling up to 2.5–5 min
     claim_seconds: float = 120
+    batch: int = 100                   # deliveries claimed in one transaction
+    record_every: int = 8              # sends recorded in one transaction (at most this many are
+    #                                    sent again, same delivery id, after a crash)
     portal_url: str = ""
     default_quiet_hours: str = ""      # for citizens without their own; "" = none
     sms_param_limit: int = 35
@@ -111,11 +125,14 @@ class Claim:
     attempts: int
     staff: StaffPoint | None = None
     subscriber: StaffPoint | None = None
+    lane: str = ""
+    lease: datetime | None = None      # the claim's claimed_until: whoever still holds it may record
+    probe: bool = False                # the one try of a provider that was away
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str                  # sent | skipped | failed | retry | provider_down
+    status: str                  # sent | skipped | failed | retry | provider_down | superseded
     address: str | None = None   # as the log keeps it (masked for a citizen)
     reason: str | None = None
     error: str | None = None
@@ -149,29 +166,39 @@ def available_channels(channels):
     return tuple(name for name, channel in channels.items() if getattr(channel, "available", True))
 
 
+@lru_cache(maxsize=None)
+def _towns():
+    return reference.towns()
+
+
 # --- 1. reserve --------------------------------------------------------------------------------------
 
 class Directory:
-    """The staff directory as domain.plan reads it, within one transaction."""
+    """The staff directory as domain.plan reads it, within one transaction; each entry read once."""
 
     def __init__(self, session):
         self.session = session
+        self.entries = {}
 
     def get(self, code):
-        return self.session.get(UnitContact, code)
+        if code not in self.entries:
+            self.entries[code] = self.session.execute(
+                select(*STAFF_COLUMNS).where(UnitContact.unit_code == code)).first()
+        return self.entries[code]
 
     def of_kind(self, kind):
-        return self.session.execute(select(UnitContact).where(UnitContact.kind == kind)
-                                    .order_by(UnitContact.unit_code)).scalars().all()
+        rows = self.session.execute(select(*STAFF_COLUMNS).where(UnitContact.kind == kind)
+                                    .order_by(UnitContact.unit_code)).all()
+        self.entries.update((row.unit_code, row) for row in rows)
+        return rows
 
 
-def _preference(s, case_no):
-    if not case_no:
-        return None
-    row = s.execute(select(CitizenPreference).join(
-        CaseCitizen, CaseCitizen.citizen_ref == CitizenPreference.citizen_ref)
-        .where(CaseCitizen.case_no == case_no)).scalar_one_or_none()
-    return row
+@dataclass(frozen=True)
+class Citizen:
+    """The citizen of a case as notify knows them: intake's keyed ref (their lane), their choices."""
+    ref: str | None
+    channel: str | None = None
+    quiet: tuple | None = None
 
 
 def _quiet_window(preference, policy):
@@ -182,23 +209,38 @@ def _quiet_window(preference, policy):
     return domain.parse_quiet_hours(policy.default_quiet_hours)
 
 
-def _reserve(s, envelope, recipient, kind, chain, template, context, urgent, now, policy,
-             skip_reason=None, fallback_of=None):
+def _remember_citizen(s, envelope):
+    """An appeal's citizen (by keyed ref), so that their choices hold for all their appeals."""
+    ref, case_no = envelope["data"].get("citizen_ref"), envelope["case_no"]
+    if envelope["type"] == "appeal_received" and ref and case_no and s.execute(
+            select(CaseCitizen.case_no).where(CaseCitizen.case_no == case_no)).first() is None:
+        s.execute(insert(CaseCitizen.__table__).values(case_no=case_no, citizen_ref=ref))
+
+
+def _citizen(s, case_no, policy):
+    ref = s.execute(select(CaseCitizen.citizen_ref).where(CaseCitizen.case_no == case_no)).scalar()
+    preference = s.execute(select(CitizenPreference.channel, CitizenPreference.quiet_start,
+                                  CitizenPreference.quiet_end)
+                           .where(CitizenPreference.citizen_ref == ref)).first() if ref else None
+    return Citizen(ref, preference.channel if preference else None, _quiet_window(preference, policy))
+
+
+def _reservation(envelope, recipient, kind, chain, template, context, urgent, now, lane, quiet=None,
+                 skip_reason=None, fallback_of=None):
+    """A delivery row on the first channel of ``chain`` (the rest are its fallbacks)."""
     channel = chain[0]
-    due = now
+    due = None if skip_reason else now
     if kind == CITIZEN and not skip_reason:
-        due = domain.hold_for_quiet_hours(channel, urgent, _quiet_window(_preference(
-            s, envelope["case_no"]), policy), now)
-    delivery = Delivery(
-        id=str(uuid.uuid4()), event_id=envelope["event_id"], event_type=envelope["type"],
-        case_no=envelope["case_no"], occurred_at=_occurred(envelope, now), recipient=recipient,
-        recipient_kind=kind, channel=channel, provider=domain.provider_of(channel, recipient),
-        template=template, context=context, fallback=list(chain[1:]), fallback_of=fallback_of,
-        urgent=urgent, status=SKIPPED if skip_reason else PENDING, reason=skip_reason,
-        attempts=0, failures=0, next_attempt_at=None if skip_reason else due,
-        created_at=now, updated_at=now)
-    s.add(delivery)
-    return delivery
+        due = domain.hold_for_quiet_hours(channel, urgent, quiet, now)
+    return {
+        "id": str(uuid.uuid4()), "event_id": envelope["event_id"], "event_type": envelope["type"],
+        "case_no": envelope["case_no"], "occurred_at": _occurred(envelope, now), "recipient": recipient,
+        "recipient_kind": kind, "lane": lane, "channel": channel,
+        "provider": domain.provider_of(channel, recipient), "template": template, "context": context,
+        "fallback": list(chain[1:]), "fallback_of": fallback_of, "urgent": urgent, "address": None,
+        "status": SKIPPED if skip_reason else PENDING, "reason": skip_reason, "attempts": 0, "failures": 0,
+        "next_attempt_at": due, "claimed_until": None, "last_error": None, "created_at": now,
+        "updated_at": now, "sent_at": None}
 
 
 def _occurred(envelope, now):
@@ -209,132 +251,216 @@ def _occurred(envelope, now):
 
 
 def record_event(uow, consumer, envelope, rules, available=domain.CHANNELS, policy=None, now=None):
-    """Reserve the deliveries an event calls for; returns the ids of those due now.
+    """Reserve the deliveries an event calls for, in one statement; returns the ids of those due now.
 
-    At-least-once delivery of events: a redelivered event (same event_id) reserves nothing."""
+    At-least-once delivery of events: a redelivered event (same event_id) reserves nothing. The
+    citizen's ref and choices are read only for events that tell a citizen."""
     now = now or _now()
     policy = policy or Policy()
+    case_no = envelope["case_no"]
     with uow:
         if not uow.first_delivery(consumer, envelope["event_id"]):
             return []
         s = uow.session
-        citizen_ref = envelope["data"].get("citizen_ref")
-        if envelope["type"] == "appeal_received" and citizen_ref and envelope["case_no"]:
-            s.merge(CaseCitizen(case_no=envelope["case_no"], citizen_ref=citizen_ref))
-            s.flush()
-        preference = _preference(s, envelope["case_no"])
-        reserved = []
-        for planned in domain.plan(rules, envelope, Directory(s), available,
-                                   preference.channel if preference else None):
-            reserved.append(_reserve(s, envelope, planned.recipient, planned.recipient_kind, planned.chain,
-                                     planned.template, planned.context, planned.urgent, now, policy,
-                                     planned.skip_reason))
-        for subscriber in s.execute(select(Subscriber).order_by(Subscriber.created_at)).scalars():
+        _remember_citizen(s, envelope)
+        citizen = Citizen(None)
+        if case_no and any(rule.recipient == CITIZEN for rule in rules.get(envelope["type"], ())):
+            citizen = _citizen(s, case_no, policy)
+        rows = []
+        for planned in domain.plan(rules, envelope, Directory(s), available, citizen.channel):
+            lane = domain.lane_of(planned.recipient, planned.chain[0], citizen.ref or case_no)
+            rows.append(_reservation(envelope, planned.recipient, planned.recipient_kind, planned.chain,
+                                     planned.template, planned.context, planned.urgent, now, lane,
+                                     citizen.quiet, planned.skip_reason))
+        for subscriber in s.execute(select(Subscriber.id, Subscriber.event_types, Subscriber.unit_code)
+                                    .order_by(Subscriber.created_at)):
             if domain.subscriber_wants(subscriber, envelope):
-                reserved.append(_reserve(s, envelope, f"{SUBSCRIBER}:{subscriber.id}", SUBSCRIBER,
-                                         ("webhook",), "", dict(envelope["data"]), False, now, policy))
+                recipient = f"{SUBSCRIBER}:{subscriber.id}"
+                rows.append(_reservation(envelope, recipient, SUBSCRIBER, ("webhook",), "",
+                                         dict(envelope["data"]), False, now,
+                                         domain.lane_of(recipient, "webhook")))
+        if rows:
+            s.execute(insert(D), rows)
         uow.commit()
-    return [d.id for d in reserved if d.status == PENDING and _aware(d.next_attempt_at) <= now]
+    return [r["id"] for r in rows if r["status"] == PENDING and r["next_attempt_at"] <= now]
 
 
-# --- 2. send -----------------------------------------------------------------------------------------
+# --- 2. claim ----------------------------------------------------------------------------------------
 
-def _claimable(now):
-    return (Delivery.status == PENDING, Delivery.next_attempt_at <= now,
-            or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now))
+def claim_due(uow, policy, limit=None, lanes=None, lane=None, only=None, now=None):
+    """Claim, in one short transaction, up to ``limit`` due deliveries that may go now, oldest event
+    first: the first ones of each lane (none of a lane while an older delivery of it is due or in
+    flight), of providers not held back (of a provider that was away, only its oldest: the probe).
+    At most ``lanes`` lanes; only lane ``lane`` or only delivery ``only`` if given.
 
-
-def _provider_free(now):
-    """The delivery's provider is not held back (down and before its next probe)."""
-    return ~exists().where(Provider.name == Delivery.provider, Provider.retry_at > now)
-
-
-def _first_in_queue(now):
-    """No older delivery of the same provider is waiting: a provider's queue goes out in the order
-    the events happened (those in flight, and those waiting for their own retry, do not hold it)."""
-    older = aliased(Delivery)
-    return ~exists().where(
-        older.provider == Delivery.provider, older.status == PENDING, older.next_attempt_at <= now,
-        or_(older.claimed_until.is_(None), older.claimed_until < now),
-        or_(older.occurred_at < Delivery.occurred_at,
-            and_(older.occurred_at == Delivery.occurred_at, older.id < Delivery.id)))
+    Several instances: on PostgreSQL rows another claimer holds are skipped (FOR UPDATE SKIP
+    LOCKED), and a lane whose older rows it holds is left to it; on SQLite claimers take turns on
+    the database's write lock. Returns the claims in sending order (a lane's in its order)."""
+    return claim_batch(uow, policy, limit, lanes, lane, only, now)[0]
 
 
-def _take(s, delivery_id, policy, now):
-    """Compare-and-set the claim: only one sender wins a delivery, on SQLite as on PostgreSQL."""
-    provider_name = s.execute(select(Delivery.provider).where(Delivery.id == delivery_id)).scalar()
-    provider = s.execute(select(Provider).where(Provider.name == provider_name)
-                         .with_for_update()).scalar_one_or_none()
-    if provider is not None and provider.retry_at is not None and _aware(provider.retry_at) > now:
-        return None
-    taken = s.execute(
-        update(Delivery).where(Delivery.id == delivery_id, *_claimable(now), _first_in_queue(now))
-        .values(attempts=Delivery.attempts + 1, updated_at=now,
-                claimed_until=now + timedelta(seconds=policy.claim_seconds))
-        .execution_options(synchronize_session=False))
-    if taken.rowcount != 1:
-        return None
-    if provider is not None and provider.failures:
-        # this is the probe of a provider that was away: no other send to it until it answers
-        provider.retry_at = now + timedelta(seconds=policy.claim_seconds)
-    d = s.execute(select(Delivery).where(Delivery.id == delivery_id)).scalar_one()
-    interrupted = s.execute(update(DeliveryAttempt).where(
-        DeliveryAttempt.delivery_id == d.id, DeliveryAttempt.outcome == "sending")
-        .values(outcome="interrupted", finished_at=now,
-                error="sender stopped mid-send; outcome unknown")
-        .execution_options(synchronize_session=False)).rowcount
-    if interrupted and d.channel not in domain.IDEMPOTENT_CHANNELS:
-        # the provider may have taken it: sending again could tell the citizen twice
-        _finish(s, d, FAILED, now, error="interrupted: outcome unknown")
-        return None
-    s.add(DeliveryAttempt(delivery_id=d.id, number=d.attempts, outcome="sending", started_at=now))
-    staff = subscriber = None
-    kind, _, code = d.recipient.partition(":")
-    if kind == SUBSCRIBER:
-        row = s.get(Subscriber, code)
-        if row is not None:
-            subscriber = StaffPoint(row.id, row.name, SUBSCRIBER, None, None, row.url, row.secret)
-    elif d.recipient_kind != CITIZEN:
-        row = s.get(UnitContact, code)
-        if row is not None:
-            staff = StaffPoint(row.unit_code, row.unit_name, row.kind, row.email, row.phone,
-                               row.webhook_url, row.webhook_secret)
-    occurred = _aware(d.occurred_at)
-    return Claim(d.id, d.event_id, d.event_type, d.case_no, occurred.isoformat() if occurred else None,
-                 d.recipient, d.recipient_kind, d.channel, d.provider, d.template, dict(d.context or {}),
-                 bool(d.urgent), d.attempts, staff, subscriber)
+def claim_batch(uow, policy, limit=None, lanes=None, lane=None, only=None, now=None):
+    """:func:`claim_due`, and whether more may be due (it found as many as it could take)."""
+    while True:
+        claims, dead_listed, more = _claim_once(uow, policy, limit or policy.batch, lanes, lane, only,
+                                                now or _now())
+        if claims or not dead_listed:
+            return claims, more
+        # all it found had been interrupted on SMS or WeChat: their fallbacks may be due now
+
+
+def _claim_once(uow, policy, limit, lanes, lane, only, now):
+    lease = now + timedelta(seconds=policy.claim_seconds)
+    with uow:
+        s = uow.session
+        if s.get_bind().dialect.name == "sqlite":
+            # the write lock first (a write that changes nothing): no two claimers read the same rows
+            s.execute(update(P).where(P.c.name.is_(None)).values(failures=P.c.failures))
+        health = s.execute(select(P.c.name, P.c.failures, P.c.retry_at)).all()
+        held = [p.name for p in health if p.retry_at is not None and _aware(p.retry_at) > now]
+        probing = {p.name for p in health if p.failures and p.name not in held}
+        inflight = D.alias("inflight")
+        query = (select(D).where(
+            D.c.status == PENDING, D.c.next_attempt_at <= now,
+            or_(D.c.claimed_until.is_(None), D.c.claimed_until < now),
+            ~exists().where(inflight.c.lane == D.c.lane, inflight.c.status == PENDING,
+                            inflight.c.claimed_until >= now))
+            .order_by(D.c.occurred_at, D.c.id).limit(limit).with_for_update(skip_locked=True))
+        if held:
+            query = query.where(D.c.provider.not_in(held))
+        if lane is not None:
+            query = query.where(D.c.lane == lane)
+        if only is not None:
+            query = query.where(D.c.id == only)
+        found = s.execute(query).all()
+        more = len(found) >= limit
+        if not found:
+            return [], 0, more
+        keep, probes = _heads(s, found, probing, lanes, now)
+        if not keep:
+            return [], 0, more
+        heads = len(keep)
+        keep = _drop_interrupted(s, keep, now, policy)
+        probes &= {r.provider for r in keep}
+        claims = []
+        if keep:
+            s.execute(update(D).where(D.c.id.in_([r.id for r in keep]))
+                      .values(attempts=D.c.attempts + 1, claimed_until=lease, updated_at=now))
+            # on channels that drop repeats the attempt is written now; on the others just before
+            # its send (mark_sending), so that a crash does not dead-list what never went out
+            written = [{"delivery_id": r.id, "number": r.attempts + 1, "outcome": "sending", "error": None,
+                        "started_at": now, "finished_at": None}
+                       for r in keep if r.channel in domain.IDEMPOTENT_CHANNELS]
+            if written:
+                s.execute(insert(A), written)
+            if probes:
+                # this is the probe of a provider that was away: no other send to it until it answers
+                s.execute(update(P).where(P.c.name.in_(probes)).values(retry_at=lease))
+            staff, subscribers = _points(s, keep)
+            claims = [_claim(r, lease, staff, subscribers, r.provider in probes) for r in keep]
+        uow.commit()
+    return claims, heads - len(keep), more or len(keep) < len(found)
+
+
+def _heads(s, found, probing, lanes, now):
+    """Of the rows found, those at the head of their lanes; one per provider being probed; at most
+    ``lanes`` lanes. Once a row of a lane is left out, so are the later ones of that lane."""
+    ids = [r.id for r in found]
+    # older rows of these lanes that were not found: in flight, or being claimed by another instance
+    ahead = dict(s.execute(select(D.c.lane, func.min(D.c.occurred_at)).where(
+        D.c.lane.in_({r.lane for r in found}), D.c.status == PENDING, D.c.next_attempt_at <= now,
+        D.c.occurred_at <= max(r.occurred_at for r in found), D.c.id.not_in(ids)).group_by(D.c.lane)).all())
+    probe_free = set()
+    wanted = probing & {r.provider for r in found}
+    if wanted:  # one claimer probes: the provider's row, locked, and still due for its probe
+        probe_free = set(s.execute(select(P.c.name).where(P.c.name.in_(wanted), P.c.retry_at <= now)
+                                   .with_for_update(skip_locked=True)).scalars())
+    keep, closed, taken, probed = [], set(), [], set()
+    for r in found:
+        if r.lane in closed:
+            continue
+        blocked = r.lane in ahead and not r.occurred_at < ahead[r.lane]
+        if r.provider in probing:
+            blocked = blocked or r.provider not in probe_free or r.provider in probed
+        if not blocked and r.lane not in taken and lanes is not None and len(taken) >= lanes:
+            blocked = True
+        if blocked:
+            closed.add(r.lane)
+            continue
+        if r.provider in probing:
+            probed.add(r.provider)
+        if r.lane not in taken:
+            taken.append(r.lane)
+        keep.append(r)
+    return keep, probed
+
+
+def _drop_interrupted(s, keep, now, policy):
+    """Rows whose last claim ran out while ``sending`` were interrupted. On SMS and WeChat the
+    provider may have taken the message: it is not sent again but dead-listed (and falls back)."""
+    stale = [r.id for r in keep if r.claimed_until is not None]
+    interrupted = set()
+    if stale:
+        interrupted = set(s.execute(select(A.c.delivery_id).where(
+            A.c.delivery_id.in_(stale), A.c.outcome == "sending")).scalars())
+    if interrupted:
+        s.execute(update(A).where(A.c.delivery_id.in_(interrupted), A.c.outcome == "sending")
+                  .values(outcome="interrupted", finished_at=now,
+                          error="sender stopped mid-send; outcome unknown"))
+        for r in keep:
+            if r.id in interrupted and r.channel not in domain.IDEMPOTENT_CHANNELS:
+                _finish(s, s.get(Delivery, r.id), FAILED, now, error="interrupted: outcome unknown",
+                        policy=policy)
+        keep = [r for r in keep if r.id not in interrupted or r.channel in domain.IDEMPOTENT_CHANNELS]
+    return keep
+
+
+def _points(s, rows):
+    """The staff entries and subscribers the claimed rows go to, in two reads."""
+    codes, subscriber_ids = set(), set()
+    for r in rows:
+        kind, _, code = r.recipient.partition(":")
+        if kind == SUBSCRIBER:
+            subscriber_ids.add(code)
+        elif r.recipient_kind != CITIZEN:
+            codes.add(code)
+    staff = {row.unit_code: StaffPoint(*row) for row in s.execute(
+        select(*STAFF_COLUMNS).where(UnitContact.unit_code.in_(codes)))} if codes else {}
+    subscribers = {row.id: StaffPoint(row.id, row.name, SUBSCRIBER, None, None, row.url, row.secret)
+                   for row in s.execute(select(Subscriber.id, Subscriber.name, Subscriber.url, Subscriber.secret)
+                                        .where(Subscriber.id.in_(subscriber_ids)))} if subscriber_ids else {}
+    return staff, subscribers
+
+
+def _claim(r, lease, staff, subscribers, probe):
+    kind, _, code = r.recipient.partition(":")
+    occurred = _aware(r.occurred_at)
+    return Claim(
+        id=r.id, event_id=r.event_id, event_type=r.event_type, case_no=r.case_no,
+        occurred_at=occurred.isoformat() if occurred else None, recipient=r.recipient,
+        recipient_kind=r.recipient_kind, channel=r.channel, provider=r.provider, template=r.template,
+        context=dict(r.context or {}), urgent=bool(r.urgent), attempts=r.attempts + 1,
+        staff=staff.get(code) if kind != SUBSCRIBER and r.recipient_kind != CITIZEN else None,
+        subscriber=subscribers.get(code) if kind == SUBSCRIBER else None,
+        lane=r.lane, lease=lease, probe=probe)
 
 
 def claim_delivery(uow, delivery_id, policy, now=None):
-    """Claim one delivery for an attempt if it is pending, due, unclaimed, its provider is not held
-    back and it is first in its provider's queue; else None (it is left for the sweep)."""
-    now = now or _now()
-    with uow:
-        claim = _take(uow.session, delivery_id, policy, now)
-        uow.commit()
-    return claim
+    """Claim one delivery if it is pending, due, unclaimed, its provider is not held back and it is
+    at the head of its lane; else None (it is left for the sweep)."""
+    claims = claim_due(uow, policy, limit=1, only=delivery_id, now=now)
+    return claims[0] if claims else None
 
 
-def claim_next_due(uow, policy, now=None, skip=(), provider_of=None):
-    """Claim the delivery whose event is oldest among those that can go now (of the provider of
-    delivery ``provider_of`` only, if given). With several notify instances on PostgreSQL, rows
-    another instance is claiming are skipped (FOR UPDATE SKIP LOCKED), not waited for. Returns
-    (claim or None, the id looked at or None)."""
-    now = now or _now()
-    with uow:
-        s = uow.session
-        query = (select(Delivery.id).where(*_claimable(now), _provider_free(now), _first_in_queue(now))
-                 .order_by(Delivery.occurred_at, Delivery.id).limit(1).with_for_update(skip_locked=True))
-        if skip:
-            query = query.where(Delivery.id.not_in(list(skip)))
-        if provider_of:
-            query = query.where(Delivery.provider == select(Delivery.provider).where(
-                Delivery.id == provider_of).scalar_subquery())
-        ids = s.execute(query).scalars().all()
-        claim = _take(s, ids[0], policy, now) if ids else None
-        uow.commit()
-    return claim, (ids[0] if ids else None)
+def by_lane(claims):
+    """Claims grouped by lane, each group in its order, groups in the order of their first claim."""
+    lanes = {}
+    for claim in claims:
+        lanes.setdefault(claim.lane, []).append(claim)
+    return list(lanes.values())
 
+
+# --- 3. send and record ------------------------------------------------------------------------------
 
 def _address_and_values(claim, outside, policy):
     if claim.recipient_kind == CITIZEN:
@@ -349,16 +475,19 @@ def _address_and_values(claim, outside, policy):
         address = domain.staff_address(claim.channel, claim.staff)
         extra = {"recipient_name": claim.staff.unit_name if claim.staff else ""}
     town = claim.context.get("town_code")
-    extra["town_name"] = reference.towns().get(town, town or "") if town else ""
+    extra["town_name"] = _towns().get(town, town or "") if town else ""
     return address, extra
 
 
-def attempt(claim, outside, policy):
-    """Look up the address and send; no transaction is open here. Never raises."""
+def attempt(claim, outside, policy, before_send=None):
+    """Look up the address and send; no transaction is open here. ``before_send(claim)`` runs right
+    before the channel is called and may refuse (the claim was superseded). Never raises."""
     logged = None
     try:
         channel = outside.channels[claim.channel]
-        if not getattr(channel, "available", True):
+        carries = getattr(channel, "carries", None)
+        if not getattr(channel, "available", True) or (carries is not None and not carries(claim.template)):
+            # before any look-up: intake is asked for a citizen's contact only when a send will happen
             return Outcome(SKIPPED, reason="not_configured")
         address, extra = _address_and_values(claim, outside, policy)
         if address.skip_reason:
@@ -372,6 +501,8 @@ def attempt(claim, outside, policy):
                                     policy.sms_param_limit)
         if outside.limiter is not None:
             outside.limiter.acquire(claim.provider, claim.channel)
+        if before_send is not None and not before_send(claim):
+            return Outcome(SUPERSEDED)
         channel.send(domain.Outgoing(
             delivery_id=claim.id, event_id=claim.event_id, event_type=claim.event_type,
             case_no=claim.case_no, recipient=claim.recipient, address=address, message=message,
@@ -386,6 +517,22 @@ def attempt(claim, outside, policy):
         return Outcome(SKIPPED, address=logged, reason="not_configured")
     except Exception as exc:  # transient, or unforeseen: retried within the bound, then failed
         return Outcome(RETRY, address=logged, error=domain.error_summary(exc))
+
+
+def mark_sending(uow, claim, now=None):
+    """Write the attempt as ``sending`` (committed) right before an SMS or WeChat send, if the claim
+    is still this sender's: the at-most-once gate of channels whose receivers cannot drop a repeat."""
+    now = now or _now()
+    with uow:
+        s = uow.session
+        mine = s.execute(update(D).where(D.c.id == claim.id, D.c.status == PENDING,
+                                         D.c.claimed_until == claim.lease).values(updated_at=now)).rowcount
+        if mine != 1:
+            return False
+        s.execute(insert(A).values(delivery_id=claim.id, number=claim.attempts, outcome="sending",
+                                   started_at=now))
+        uow.commit()
+    return True
 
 
 def _finish(s, d, status, now, error=None, reason=None, policy=None):
@@ -405,13 +552,18 @@ def _finish(s, d, status, now, error=None, reason=None, policy=None):
         return None
     envelope = {"event_id": d.event_id, "type": d.event_type, "case_no": d.case_no,
                 "occurred_at": _aware(d.occurred_at).isoformat() if d.occurred_at else None}
-    nxt = _reserve(s, envelope, d.recipient, d.recipient_kind, chain, d.template, dict(d.context or {}),
-                   bool(d.urgent), now, policy or Policy(), fallback_of=d.id)
-    return nxt.id if _aware(nxt.next_attempt_at) <= now else None
+    quiet = None
+    if d.recipient_kind == CITIZEN and d.case_no:
+        quiet = _citizen(s, d.case_no, policy or Policy()).quiet
+    row = _reservation(envelope, d.recipient, d.recipient_kind, chain, d.template, dict(d.context or {}),
+                       bool(d.urgent), now, domain.relane(d.lane or f"{d.recipient}|", chain[0]), quiet,
+                       fallback_of=d.id)
+    s.execute(insert(D).values(row))
+    return row["id"] if row["next_attempt_at"] <= now else None
 
 
 def record_outcome(uow, claim, outcome, policy, now=None):
-    """Write the attempt's outcome; returns :class:`Recorded` (status None if the claim had expired
+    """Write one attempt's outcome; returns :class:`Recorded` (status None if the claim had expired
     and another sender took the delivery over: its outcome wins)."""
     now = now or _now()
     fallback_id = None
@@ -429,9 +581,9 @@ def record_outcome(uow, claim, outcome, policy, now=None):
             d.status, d.sent_at, d.next_attempt_at, d.last_error = SENT, now, None, None
             d.claimed_until, d.updated_at = None, now
             if provider is not None:
-                s.delete(provider)  # it answered: its queue drains
+                s.delete(provider)  # it answered: its lanes drain
         elif outcome.status == PROVIDER_DOWN:
-            # the provider, not the message: it waits in its place in the queue, retries untouched
+            # the provider, not the message: it waits in its place in its lane, retries untouched
             d.claimed_until, d.updated_at, d.last_error = None, now, outcome.error
             if provider is None:
                 provider = Provider(name=claim.provider, failures=0, down_since=now, updated_at=now)
@@ -453,11 +605,11 @@ def record_outcome(uow, claim, outcome, policy, now=None):
         else:  # FAILED or SKIPPED
             fallback_id = _finish(s, d, outcome.status, now, error=outcome.error, reason=outcome.reason,
                                   policy=policy)
-        s.execute(update(DeliveryAttempt).where(
-            DeliveryAttempt.delivery_id == claim.id, DeliveryAttempt.number == claim.attempts,
-            DeliveryAttempt.outcome == "sending")
-            .values(outcome=outcome.status, error=outcome.error or outcome.reason, finished_at=now)
-            .execution_options(synchronize_session=False))
+        finished = {"outcome": outcome.status, "error": outcome.error or outcome.reason, "finished_at": now}
+        if not s.execute(update(A).where(A.c.delivery_id == claim.id, A.c.number == claim.attempts,
+                                         A.c.outcome == "sending").values(**finished)).rowcount:
+            # SMS and WeChat write their attempt only right before the send: this one ended earlier
+            s.execute(insert(A).values(delivery_id=claim.id, number=claim.attempts, started_at=now, **finished))
         status = d.status
         uow.commit()
     if status not in (SENT, PENDING) or outcome.status != SENT:
@@ -468,62 +620,128 @@ def record_outcome(uow, claim, outcome, policy, now=None):
     return Recorded(status, fallback_id)
 
 
-def _send_claimed(uow, claim, outside, policy):
-    """Send a claimed delivery, then any fallback due at once; [(channel, status), ...]."""
-    done = []
-    while claim is not None:
-        recorded = record_outcome(uow, claim, attempt(claim, outside, policy), policy)
-        done.append((claim.channel, recorded.status))
-        claim = claim_delivery(uow, recorded.fallback_id, policy) if recorded.fallback_id else None
-    return done
+def record_sent(uow, sent, now=None):
+    """Record many sends at once (``sent``: [(claim, outcome)]); returns [(channel, status)], status
+    None for a claim another sender had taken over. A provider that answered is healthy again."""
+    now = now or _now()
+    groups = {}
+    for claim, outcome in sent:
+        groups.setdefault((claim.lease, outcome.address), []).append(claim.id)
+    with uow:
+        s = uow.session
+        recorded = 0
+        for (lease, address), ids in groups.items():
+            recorded += s.execute(update(D).where(D.c.id.in_(ids), D.c.status == PENDING, D.c.claimed_until == lease)
+                                  .values(status=SENT, sent_at=now, next_attempt_at=None, last_error=None,
+                                          claimed_until=None, updated_at=now, address=address)).rowcount
+        s.execute(update(A).where(tuple_(A.c.delivery_id, A.c.number).in_([(c.id, c.attempts) for c, _ in sent]),
+                                  A.c.outcome == "sending").values(outcome=SENT, finished_at=now))
+        s.execute(delete(P).where(P.c.name.in_({c.provider for c, _ in sent})))
+        uow.commit()
+        mine = None
+        if recorded != len(sent):  # a claim ran out and was taken over: its outcome is the other's
+            mine = set(s.execute(select(D.c.id).where(D.c.id.in_([c.id for c, _ in sent]), D.c.status == SENT,
+                                                      D.c.sent_at == now)).scalars())
+    return [(c.channel, SENT if mine is None or c.id in mine else None) for c, _ in sent]
 
 
-def deliver(uow, delivery_id, outside, policy, helping=20):
-    """Claim, send and record one delivery (and the fallbacks it leads to); returns
-    [(channel, new status), ...]. If older deliveries of its provider are waiting, it sends those
-    first (up to ``helping`` of them), so that a provider's queue goes out oldest first while every
-    worker helps it along. Empty if nothing could be claimed (sent already, not yet due, its
-    provider held back, or being sent by another worker): the sweep takes it up then."""
-    done = []
-    for _ in range(helping):
-        claim = claim_delivery(uow, delivery_id, policy)
-        if claim is not None:
-            return done + _send_claimed(uow, claim, outside, policy)
-        older, _ = claim_next_due(uow, policy, provider_of=delivery_id)
-        if older is not None:
-            done += _send_claimed(uow, older, outside, policy)
-        elif _waiting(uow, delivery_id):
-            time.sleep(0.005)  # another worker is claiming the head of the queue this instant
-        else:
-            break  # sent, in flight, not yet due, or its provider is held back
-    return done
-
-
-def _waiting(uow, delivery_id, now=None):
-    """Whether a delivery could go now but for others ahead of it in its provider's queue."""
+def release(uow, claims, now=None):
+    """Give claims back unsent (the sender stops, its provider went away, its lease is half gone):
+    they keep their place in their lanes, as if never claimed."""
+    if not claims:
+        return
     now = now or _now()
     with uow:
-        return uow.session.execute(select(Delivery.id).where(
-            Delivery.id == delivery_id, *_claimable(now), _provider_free(now))).first() is not None
+        s = uow.session
+        for lease in {c.lease for c in claims}:
+            s.execute(update(D).where(D.c.id.in_([c.id for c in claims if c.lease == lease]),
+                                      D.c.status == PENDING, D.c.claimed_until == lease)
+                      .values(claimed_until=None, attempts=D.c.attempts - 1, updated_at=now))
+        s.execute(delete(A).where(tuple_(A.c.delivery_id, A.c.number).in_([(c.id, c.attempts) for c in claims]),
+                                  A.c.outcome == "sending"))
+        probes = {c.provider for c in claims if c.probe}
+        if probes:
+            s.execute(update(P).where(P.c.name.in_(probes)).values(retry_at=now))
+        uow.commit()
 
 
-def send_due(uow, outside, policy, limit=200, budget_seconds=10.0, clock=time.monotonic):
-    """Send up to ``limit`` due deliveries, oldest event first, one claim at a time (a claim outlasts
-    one send, not a batch; one at a time keeps a provider's queue in order), and claim no more after
-    ``budget_seconds`` so that one run stays short (a stopping service waits for it); returns
-    [(channel, new status), ...]."""
-    done, passed = [], set()
-    started = clock()
-    for _ in range(limit):
-        if clock() - started > budget_seconds:
+def send_claims(uow, claims, outside, policy, stopping=lambda: False, now=_now):
+    """Send one lane's claims in order, recording sends ``policy.record_every`` at a time and any
+    other outcome at once; a fallback reserved on the way is sent right after. Stops (and gives the
+    rest back) when the provider goes away, when asked to stop, or once half the lease is gone.
+    Returns [(channel, new status), ...]."""
+    done, sent = [], []
+
+    def flush():
+        if sent:
+            done.extend(record_sent(uow, sent))
+            sent.clear()
+
+    def gate(claim):
+        return claim.channel in domain.IDEMPOTENT_CHANNELS or mark_sending(uow, claim)
+
+    for i, claim in enumerate(claims):
+        half = timedelta(seconds=policy.claim_seconds / 2) if i else timedelta(0)
+        if stopping() or now() >= claim.lease - half:
+            flush()
+            release(uow, claims[i:])
             break
-        claim, looked_at = claim_next_due(uow, policy, skip=passed)
-        if looked_at is None:
-            break
-        if claim is None:
-            passed.add(looked_at)  # interrupted and dead-listed, or taken meanwhile
+        outcome = attempt(claim, outside, policy, before_send=gate)
+        if outcome.status == SENT:
+            sent.append((claim, outcome))
+            if len(sent) >= policy.record_every:
+                flush()
             continue
-        done += _send_claimed(uow, claim, outside, policy)
+        flush()
+        if outcome.status == SUPERSEDED:
+            done.append((claim.channel, None))
+            continue
+        recorded = record_outcome(uow, claim, outcome, policy)
+        done.append((claim.channel, recorded.status))
+        if recorded.fallback_id:
+            done += deliver(uow, recorded.fallback_id, outside, policy)
+        if outcome.status == PROVIDER_DOWN:
+            release(uow, claims[i + 1:])  # they wait in their lane for the provider's probe
+            break
+    flush()
+    return done
+
+
+def _lane_of(uow, delivery_id):
+    with uow:
+        row = uow.session.execute(select(D.c.lane, D.c.status).where(D.c.id == delivery_id)).first()
+    return row.lane if row is not None and row.status == PENDING else None
+
+
+def deliver(uow, delivery_id, outside, policy, rounds=20):
+    """Claim, send and record one delivery, and whatever is ahead of it in its lane (and the
+    fallbacks they lead to); returns [(channel, new status), ...]. Empty if it is not pending, not
+    yet due, its provider is held back, or another sender has its lane: the sweep takes it up."""
+    lane = _lane_of(uow, delivery_id)
+    done = []
+    for _ in range(rounds if lane else 0):
+        claims = claim_due(uow, policy, lane=lane)
+        if not claims:
+            break
+        done += send_claims(uow, claims, outside, policy)
+        if any(c.id == delivery_id for c in claims):
+            break
+    return done
+
+
+def send_due(uow, outside, policy, limit=1000, budget_seconds=10.0, clock=time.monotonic):
+    """Send what is due, lane after lane, batch after batch (the service runs lanes in parallel
+    instead): retries, lanes of a provider that came back, deliveries a crash left. Claims no more
+    after ``limit`` deliveries or ``budget_seconds``; returns [(channel, new status), ...]."""
+    done, claimed = [], 0
+    started = clock()
+    while claimed < limit and clock() - started <= budget_seconds:
+        claims = claim_due(uow, policy, limit=min(policy.batch, limit - claimed))
+        if not claims:
+            break
+        claimed += len(claims)
+        for lane in by_lane(claims):
+            done += send_claims(uow, lane, outside, policy)
     return done
 
 

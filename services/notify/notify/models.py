@@ -73,14 +73,19 @@ class Delivery(Base):
         UniqueConstraint("event_id", "recipient", "channel", name="uq_deliveries_event_recipient_channel"),
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_queue", "provider", "status", "occurred_at"),
+        # a lane's queue in order, and whether something of the lane is in flight
+        Index("ix_deliveries_lane", "lane", "status", "occurred_at"),
+        Index("ix_deliveries_lane_claimed", "lane", "claimed_until"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # also the Message-ID / X-Wuji-Delivery
     event_id: Mapped[str] = mapped_column(String(36))
     event_type: Mapped[str] = mapped_column(String(64))
     case_no: Mapped[str | None] = mapped_column(String(32), index=True)
-    occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # queue order
+    occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # order in its lane
     recipient: Mapped[str] = mapped_column(String(80))        # "citizen" | "<kind>:<code>" | "subscriber:<id>"
     recipient_kind: Mapped[str] = mapped_column(String(16))   # citizen | unit | grid_worker | force | supervisor | subscriber
+    # whose order it keeps: "<recipient>|<channel>", a citizen by citizen_ref (domain.lane_of)
+    lane: Mapped[str | None] = mapped_column(String(160))
     channel: Mapped[str] = mapped_column(String(16))          # inbox | wechat | sms | email | webhook
     provider: Mapped[str | None] = mapped_column(String(120))  # whose outage holds it back
     template: Mapped[str] = mapped_column(String(64))         # "<audience>/<event_type>"

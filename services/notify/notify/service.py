@@ -63,28 +63,30 @@ class NotifyService:
             if status:  # None: another sender's claim superseded this one
                 DELIVERIES.labels(channel, status).inc()
 
-    def _notify(self, method_name, envelope):
-        ids = handlers.record_event(self.uow(), f"notify.{method_name}", envelope, self.rules,
-                                    handlers.available_channels(self.channels.channels), self.policy)
-        # reserved and committed: sending goes on after this handler returns (and acks the event)
-        outside = self._outside()
-        for delivery_id in ids:
-            self.senders(self._deliver_now, delivery_id, outside)
+    def _work(self):
+        return self.uow, self._outside(), self.policy, self._count
 
-    def _deliver_now(self, delivery_id, outside=None):
+    def _notify(self, method_name, envelope):
+        if handlers.record_event(self.uow(), f"notify.{method_name}", envelope, self.rules,
+                                 handlers.available_channels(self.channels.channels), self.policy):
+            # reserved and committed: the senders go on after this handler returns (and acks the event)
+            self.senders.wake(self._work())
+
+    def _deliver_now(self, delivery_id):
         try:
-            done = handlers.deliver(self.uow(), delivery_id, outside or self._outside(), self.policy)
+            done = handlers.deliver(self.uow(), delivery_id, self._outside(), self.policy)
         except Exception:
-            # it is reserved: the sweep sends it later; the event itself must not be retried for it
+            # it is reserved: the sweep sends it later
             log.warning("delivery %s left for the sweep", delivery_id, exc_info=True)
             return
         self._count(done)
 
-    # --- retries, provider queues and crash recovery ------------------------------------------------
+    # --- retries, provider outages and crash recovery -----------------------------------------------
     @config_timer("DELIVERY_SWEEP_SECONDS", 5, eager=True)
     def send_due(self):
-        """Due retries, queues of providers that came back, deliveries a crash left (also at start)."""
-        self._count(handlers.send_due(self.uow(), self._outside(), self.policy))
+        """Due retries, lanes of providers that came back, deliveries a crash left (also at start):
+        the senders take them up."""
+        self.senders.wake(self._work())
 
     @event_handler("auth", "token_revoked")
     def record_revoked_token(self, envelope):

@@ -99,10 +99,10 @@ def new_case():
     return f"YC20261125{uuid.uuid4().int % 10**6:06d}"
 
 
-def received(case_no, anonymous=False, at=None):
+def received(case_no, anonymous=False, at=None, citizen_ref=None, title="小区路灯<不亮>"):
     return make_event("appeal_received", case_no, {
-        "channel": "wechat", "title": "小区路灯<不亮>", "content": "门口路灯坏了", "town_code": "370404001",
-        "anonymous": anonymous, "citizen_ref": None if anonymous else f"ref-{case_no}",
+        "channel": "wechat", "title": title, "content": "门口路灯坏了", "town_code": "370404001",
+        "anonymous": anonymous, "citizen_ref": None if anonymous else (citizen_ref or f"ref-{case_no}"),
         "received_at": "2026-11-25T02:00:00+00:00"}, occurred_at=at)
 
 
@@ -173,26 +173,30 @@ def test_citizens_are_told_on_wechat_else_by_sms(container_factory, phone_config
         ("wechat", "skipped", None), ("sms", "sent", "139****4321")]
 
 
-def test_sms_gateway_down_for_a_while_then_back_delivers_each_once_in_order(
+def test_sms_gateway_down_for_a_while_then_back_delivers_each_once_and_each_citizen_in_order(
         container_factory, phone_config, publish, rpc_notify):
     sms, _ = phone_config.pop("servers").values()
     sms.stop()  # the gateway is away
     notify = start_notify(container_factory, phone_config)
     start = datetime.now(timezone.utc)
-    cases = [new_case() for _ in range(6)]
-    for i, case_no in enumerate(cases):
-        CONTACTS[case_no] = {"name": None, "phone": f"1381234{i:04d}", "email": None}
+    citizens = ["ref-a", "ref-b", "ref-c"]
+    appeals = [(citizens[i % 3], new_case()) for i in range(6)]  # two appeals of each citizen
+    for i, (ref, case_no) in enumerate(appeals):
+        CONTACTS[case_no] = {"name": None, "phone": f"1381234{citizens.index(ref):04d}", "email": None}
         with entrypoint_waiter(notify, "on_appeal_received", timeout=20):
-            publish(received(case_no, at=start + timedelta(milliseconds=10 * i)))
+            publish(received(case_no, at=start + timedelta(milliseconds=10 * i), citizen_ref=ref))
     down = wait_until(lambda: [p for p in rpc_notify.providers() if p["name"] == "sms" and p["queued"] == 6],
-                      what="the queue held for the gateway")
+                      what="the messages held for the gateway")
     assert down[0]["last_error"] == "ConnectionError"
     sms.start()  # back on the same port
-    wait_until(lambda: len(sms.accepted()) >= 6 and rpc_notify.providers() == [], what="the queue drained")
-    assert [json.loads(t["TemplateParam"])["case_no"] for t in sms.accepted()] == cases
-    wait_until(lambda: all(log_of(rpc_notify, c, "sms")[0]["status"] == "sent" for c in cases),
+    wait_until(lambda: len(sms.accepted()) >= 6 and rpc_notify.providers() == [], what="the held messages sent")
+    texts = [(t["PhoneNumbers"], json.loads(t["TemplateParam"])["case_no"]) for t in sms.accepted()]
+    assert sorted(case_no for _, case_no in texts) == sorted(case_no for _, case_no in appeals)  # each once
+    for n, ref in enumerate(citizens):  # each citizen hears of their appeals in the order they came
+        assert [c for phone, c in texts if phone == f"1381234{n:04d}"] == [c for r, c in appeals if r == ref]
+    wait_until(lambda: all(log_of(rpc_notify, c, "sms")[0]["status"] == "sent" for _, c in appeals),
                what="every outcome recorded")
-    assert {log_of(rpc_notify, c, "sms")[0]["failures"] for c in cases} == {0}  # the outage used no retries
+    assert {log_of(rpc_notify, c, "sms")[0]["failures"] for _, c in appeals} == {0}  # the outage used no retries
 
 
 def test_dispatch_goes_to_the_units_inbox_and_its_signed_webhook(notify, publish, rpc_notify, servers):

@@ -1,5 +1,6 @@
 """notify's use cases on a real database (SQLite and PostgreSQL), with fake channels that record
 what they were asked to send and fail on cue."""
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -329,7 +330,9 @@ def test_an_interrupted_send_on_a_channel_that_drops_repeats_is_sent_again(uow):
 def test_an_interrupted_sms_is_not_sent_twice_but_dead_listed_and_fallen_back(uow):
     case_no = new_case()
     [delivery_id] = record(uow, received(case_no), available=("sms", "email"))
-    handlers.claim_delivery(uow, delivery_id, Policy(claim_seconds=0))  # died after the gateway took it?
+    crashed = handlers.claim_delivery(uow, delivery_id, Policy(claim_seconds=0.2))
+    assert handlers.mark_sending(uow, crashed)  # the sender's last step before the gateway ...
+    time.sleep(0.25)                            # ... then it died: did the gateway take it?
     sms, email = FakeChannel(), FakeChannel()
     out = outside(Contacts({case_no: CITIZEN}), sms=sms, email=email)
     assert handlers.send_due(uow, out, FAST) == [("email", "sent")]
@@ -339,11 +342,33 @@ def test_an_interrupted_sms_is_not_sent_twice_but_dead_listed_and_fallen_back(uo
     assert [d["delivery_id"] for d in handlers.failed_deliveries(uow)] == [delivery_id]
 
 
+def test_an_sms_claimed_but_not_yet_sent_at_a_crash_is_sent_once_after_it(uow):
+    case_no = new_case()
+    [delivery_id] = record(uow, received(case_no), available=("sms", "email"))
+    handlers.claim_delivery(uow, delivery_id, Policy(claim_seconds=0))  # claimed in a batch, then died
+    sms = FakeChannel()
+    out = outside(Contacts({case_no: CITIZEN}), sms=sms)
+    assert handlers.send_due(uow, out, FAST) == [("sms", "sent")]
+    assert [o.delivery_id for o in sms.sent] == [delivery_id]
+    assert [a["outcome"] for a in handlers.get_delivery(uow, delivery_id)["attempt_log"]] == ["sent"]
+
+
+def test_a_superseded_sms_claim_does_not_send(uow):
+    case_no = new_case()
+    [delivery_id] = record(uow, received(case_no), available=("sms",))
+    late = handlers.claim_delivery(uow, delivery_id, Policy(claim_seconds=0))  # its lease ran out ...
+    sms = FakeChannel()
+    out = outside(Contacts({case_no: CITIZEN}), sms=sms)
+    assert handlers.send_due(uow, out, FAST) == [("sms", "sent")]  # ... another sender sent it
+    assert not handlers.mark_sending(uow, late)  # the late sender may not send it again
+    assert len(sms.sent) == 1
+
+
 def test_only_one_sender_wins_a_claim(uow):
     [delivery_id] = record(uow, received(new_case()))
     assert handlers.claim_delivery(uow, delivery_id, FAST) is not None
     assert handlers.claim_delivery(uow, delivery_id, FAST) is None
-    assert handlers.claim_next_due(uow, FAST)[0] is None
+    assert handlers.claim_due(uow, FAST) == []
 
 
 def test_skip_locked_lets_two_sweepers_take_different_deliveries(uow, db_url):
@@ -355,9 +380,9 @@ def test_skip_locked_lets_two_sweepers_take_different_deliveries(uow, db_url):
     holder = unit_of_work_for("notify", metadata, db_url)
     with holder:  # another instance is in the middle of claiming the oldest delivery
         holder.session.execute(select(Delivery).where(Delivery.id == first).with_for_update())
-        claim, _ = handlers.claim_next_due(uow, FAST)
+        claims = handlers.claim_due(uow, FAST)
     holder.session.bind.dispose()
-    assert claim.case_no == later  # not waited for; one provider's queue still goes one at a time
+    assert {c.case_no for c in claims} == {later}  # not waited for
 
 
 # --- preferences and quiet hours ----------------------------------------------------------------------
