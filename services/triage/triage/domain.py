@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from triage.clocks import ClockPolicy, Limit
+from triage.urgency import risk_words
 from wuji_common.errors import InvalidTransition
 from wuji_common.events import CHINA_TIME  # order numbers carry the local date
 
@@ -252,14 +253,14 @@ class Taxonomy:
 
     def risk_flags(self, title, content, item):
         """Every risk rule the appeal meets, and the item's own urgent words, each with the words
-        found: the reasons an appeal is urgent (风险研判)."""
+        found and not denied ("没有危险": triage.urgency): the reasons an appeal is urgent (风险研判)."""
         text = f"{title}\n{content}"
         flags = []
         for rule in self.risk_rules:
-            found = tuple(k for k in rule.keywords if k in text)
+            found = risk_words(text, rule.keywords)
             if found:
                 flags.append(RiskFlag(rule.code, rule.name, rule.urgency, found, rule.co_handlers))
-        found = tuple(k for k in item.urgent_keywords if k in text)
+        found = risk_words(text, item.urgent_keywords)
         if found:
             flags.append(RiskFlag(f"item:{item.code}", f"{item.name}紧急情形", "urgent", found))
         return tuple(flags)

@@ -7,11 +7,21 @@ at 100,000 signatures it held 576 MB, which is about 5 GB at the million appeals
 hold. This index keeps the same banding scheme in sorted numpy arrays instead (about 0.8 GB at a
 million, signatures included):
 
-- each band of ``rows`` signature values hashes to one 64-bit bucket key;
+- each band of ``rows`` signature values hashes to one 64-bit bucket key, salted with the entry's
+  time window (``window_seconds``, default a day) and carrying its group (the town) in the low 16
+  bits: a bucket holds one band value of one town in one window;
 - new entries go to a small in-memory table (a dict), which is frozen into a sorted segment when
   full; segments of similar size are merged (a log-structured merge), so there are O(log n) of them;
-- a query looks up its ``bands`` keys in the table and, with a binary search, in every segment:
-  O(bands · log² n), plus the check of the candidates' signatures against the query's.
+- a query looks up its ``bands`` keys of each window it asks about (those from ``since`` on, or all
+  the index holds) in the table and, with a binary search, in every segment:
+  O(bands · windows · log² n), plus the check of the candidates' signatures against the query's.
+
+A bucket contributes at most its ``max_bucket`` newest entries to a query, so that a flood of one
+text cannot make look-ups linear. Because buckets are per window and per town, the cap applies per
+window and per town: a flood of copies elsewhere or earlier does not push out what a hot-spot query
+(one town, the last few days) looks for. With one bucket for all time (``window_seconds=None``) a
+million stored appeals, each resampled a few hundred times, lost a quarter of the real
+near-duplicate pairs to the cap (bench/hotspots.py measures both).
 
 Entries are removed lazily: ``expire`` marks them dead, merges drop them, ``compact`` renumbers.
 Similarity is the Jaccard similarity of the two texts' 3-gram sets, estimated by the share of equal
@@ -22,6 +32,9 @@ import re
 import numpy as np
 
 MASK_32 = np.uint64(0xFFFFFFFF)
+GROUP_BITS = np.uint64(0xFFFF)       # the low bits of a bucket key: the entry's group number
+BUCKET_BITS = ~GROUP_BITS           # the rest: band value and time window
+WINDOW_SECONDS = 24 * 3600.0        # the time window of the buckets (a day)
 _NOT_TEXT = re.compile(r"[\W_]+")
 _DIGITS = re.compile(r"\d+")
 
@@ -109,12 +122,17 @@ class NearDuplicateIndex:
     ``group`` (e.g. the town) and ``time`` (epoch seconds) let a query ask for near-duplicates in
     one place and a recent window only. Keys are unique: adding a key again changes nothing."""
 
-    def __init__(self, hasher=None, bands=32, rows=3, memtable_entries=2048, max_bucket=64):
+    def __init__(self, hasher=None, bands=32, rows=3, memtable_entries=2048, max_bucket=64,
+                 window_seconds=WINDOW_SECONDS):
         self.hasher = hasher or MinHasher()
         if bands * rows > self.hasher.num_perm:
             raise ValueError("bands × rows must not exceed the signature length")
+        if window_seconds is not None and window_seconds <= 0:
+            raise ValueError("window_seconds must be positive (or None: one window for all time)")
         self.bands, self.rows, self.max_bucket = bands, rows, max_bucket
         self.memtable_entries = memtable_entries
+        self.window_seconds = window_seconds
+        self._windows = set()   # the window numbers that hold entries
         self._band_salt = _mix(np.arange(1, bands + 1, dtype=np.uint64))
         self._row_weights = _mix(np.arange(1, rows + 1, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019))
         self._ids = {}          # key → id
@@ -143,12 +161,34 @@ class NearDuplicateIndex:
         return sum(a.nbytes for a in arrays)
 
     # --- bucket keys --------------------------------------------------------------------------------
-    def band_keys(self, signatures):
-        """(n, bands) bucket keys of (n, num_perm) signatures."""
+    def band_hashes(self, signatures):
+        """(n, bands) hashes of the bands of (n, num_perm) signatures."""
         used = signatures[:, :self.bands * self.rows].astype(np.uint64)
         bands = used.reshape(len(signatures), self.bands, self.rows)
         combined = (bands * self._row_weights).sum(axis=2, dtype=np.uint64)
         return _mix(combined ^ self._band_salt)
+
+    def window_of(self, times):
+        """The time window number(s) of epoch seconds (0 for all with ``window_seconds=None``)."""
+        if self.window_seconds is None:
+            return np.zeros(np.shape(times), dtype=np.int64)
+        return np.floor(np.asarray(times, dtype=np.float64) / self.window_seconds).astype(np.int64)
+
+    def bucket_keys(self, hashes, windows, group_numbers=None):
+        """Bucket keys of band hashes ((n, bands)) in windows ((n,)): the hash salted with the window,
+        its low bits replaced by the group number (0 where ``group_numbers`` is None)."""
+        salted = hashes if self.window_seconds is None else \
+            _mix(hashes ^ _mix(np.asarray(windows).astype(np.uint64) * np.uint64(0x94D049BB133111EB)
+                               + np.uint64(1))[:, None])
+        keys = salted & BUCKET_BITS
+        if group_numbers is not None:
+            keys |= (np.asarray(group_numbers).astype(np.uint64) & GROUP_BITS)[:, None]
+        return keys
+
+    def band_keys(self, signatures, times=None, group_numbers=None):
+        """(n, bands) bucket keys of (n, num_perm) signatures at times (epoch s), in groups."""
+        times = np.zeros(len(signatures)) if times is None else times
+        return self.bucket_keys(self.band_hashes(signatures), self.window_of(times), group_numbers)
 
     # --- adding -------------------------------------------------------------------------------------
     def _grow(self, needed):
@@ -194,23 +234,28 @@ class NearDuplicateIndex:
         self._time[first:first + n] = times
         self._alive[first:first + n] = True
         self._sigs[first:first + n] = signatures
-        buckets = self.band_keys(np.asarray(signatures))
+        self._windows.update(np.unique(self.window_of(self._time[first:first + n])).tolist())
+        buckets = self._entry_keys(ids)
         if n >= self.memtable_entries:
             self._flush()
             self._push_segment(buckets.ravel(), np.repeat(ids, self.bands))
             return
-        for entry_id, row in zip(ids.tolist(), buckets.tolist()):
+        # the memtable files entries by bucket without the group (a group-less query looks up one key)
+        for entry_id, row in zip(ids.tolist(), (buckets & BUCKET_BITS).tolist()):
             for bucket in row:
                 self._memtable.setdefault(bucket, []).append(entry_id)
             self._pending.append(entry_id)
         if len(self._pending) >= self.memtable_entries:
             self._flush()
 
+    def _entry_keys(self, ids):
+        return self.band_keys(self._sigs[ids], self._time[ids], self._group[ids])
+
     def _flush(self):
         if not self._pending:
             return
         ids = np.asarray(self._pending, dtype=np.uint32)
-        buckets = self.band_keys(self._sigs[ids])
+        buckets = self._entry_keys(ids)
         self._memtable, self._pending = {}, []
         self._push_segment(buckets.ravel(), np.repeat(ids, self.bands))
 
@@ -238,20 +283,28 @@ class NearDuplicateIndex:
 
     def query(self, text=None, threshold=0.5, group=None, since=None, signature=None, exclude=None):
         """[(key, similarity)] of live entries at least ``threshold`` similar, most similar first;
-        only in ``group`` and at or after ``since`` when given. A bucket contributes at most its
-        ``max_bucket`` most recent entries (a flood of one text must not make a query linear)."""
+        only in ``group`` and at or after ``since`` when given. A bucket (one band value, group and
+        time window) contributes at most its ``max_bucket`` newest entries."""
         if signature is None:
             signature = self.hasher.signature(text)
             if signature is None:
                 return []
-        candidates = self._candidates(self.band_keys(signature[None, :])[0])
-        if candidates.size == 0:
-            return []
-        keep = self._alive[candidates]
+        number = None
         if group is not None:
             number = self._groups.get(group)
             if number is None:
                 return []
+        windows = sorted(self._windows) if since is None else \
+            [w for w in self._windows if w >= self.window_of(since)]
+        if not windows:
+            return []
+        hashes = self.band_hashes(signature[None, :])
+        keys = self.bucket_keys(np.repeat(hashes, len(windows), axis=0), np.asarray(windows)).ravel()
+        candidates = self._candidates(keys, number)
+        if candidates.size == 0:
+            return []
+        keep = self._alive[candidates]
+        if number is not None:
             keep &= self._group[candidates] == number
         if since is not None:
             keep &= self._time[candidates] >= since
@@ -261,18 +314,33 @@ class NearDuplicateIndex:
         ranked = sorted(zip(scores[hits].tolist(), candidates[hits].tolist()), reverse=True)
         return [(self._keys[i], score) for score, i in ranked if self._keys[i] != exclude]
 
-    def _candidates(self, buckets):
-        found = []
-        for bucket in buckets.tolist():
+    def _candidates(self, keys, group_number=None):
+        """Entry ids in the buckets of ``keys`` (group bits clear): of one group, or of all."""
+        cap, found = self.max_bucket, []
+        for bucket in keys.tolist():
             ids = self._memtable.get(bucket)
             if ids:
-                found.append(np.asarray(ids[-self.max_bucket:], dtype=np.uint32))
-        for keys, ids in self._segments:
-            lo = np.searchsorted(keys, buckets, side="left")
-            hi = np.searchsorted(keys, buckets, side="right")
-            for start, end in zip(lo.tolist(), hi.tolist()):
-                if end > start:
-                    found.append(ids[max(start, end - self.max_bucket):end])
+                ids = np.asarray(ids, dtype=np.uint32)
+                if group_number is not None:
+                    ids = ids[self._group[ids] == group_number]
+                found.append(ids[-cap:])
+        if group_number is None:
+            first, last = keys, keys | GROUP_BITS
+        else:
+            first = last = keys | (np.uint64(group_number) & GROUP_BITS)
+        for segment_keys, ids in self._segments:
+            lo = np.searchsorted(segment_keys, first, side="left")
+            hi = np.searchsorted(segment_keys, last, side="right")
+            hit = hi > lo
+            lo, hi = lo[hit], hi[hit]
+            if group_number is None:
+                # a run of several groups, each oldest first, over the cap: the newest of them all
+                mixed = (hi - lo > cap) & (segment_keys[lo] != segment_keys[hi - 1])
+                for start, end in zip(lo[mixed].tolist(), hi[mixed].tolist()):
+                    found.append(np.sort(ids[start:end])[-cap:])
+                lo, hi = lo[~mixed], hi[~mixed]
+            if lo.size:
+                found.append(ids[_ranges(np.maximum(lo, hi - cap), hi)])
         if not found:
             return np.empty(0, dtype=np.uint32)
         return np.unique(np.concatenate(found))
@@ -284,6 +352,8 @@ class NearDuplicateIndex:
         old = np.flatnonzero(self._alive[:count] & (self._time[:count] < before))
         self._alive[old] = False
         self.dead += old.size
+        if self.window_seconds is not None:  # a window that ended before ``before`` is empty now
+            self._windows = {w for w in self._windows if (w + 1) * self.window_seconds > before}
         if self.dead > max(len(self), 10000):
             self.compact()
         return int(old.size)
@@ -296,8 +366,16 @@ class NearDuplicateIndex:
         keys = [self._keys[i] for i in live.tolist()]
         groups = [names[g] for g in self._group[live].tolist()]
         times, sigs = self._time[live].copy(), self._sigs[live].copy()
-        self.__init__(self.hasher, self.bands, self.rows, self.memtable_entries, self.max_bucket)
+        self.__init__(self.hasher, self.bands, self.rows, self.memtable_entries, self.max_bucket,
+                      self.window_seconds)
         self.add_signatures(keys, sigs, groups, times)
+
+
+def _ranges(starts, ends):
+    """The positions start, start + 1, …, end − 1 of every (start, end), in one array."""
+    lengths = ends - starts
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(lengths.sum()) + shift
 
 
 class AppealIndex:

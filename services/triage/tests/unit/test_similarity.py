@@ -54,3 +54,44 @@ def test_forgotten_entries_are_not_found_and_compaction_keeps_the_rest():
     index.compact()
     assert len(index) == 10 and index.dead == 0
     assert {k for k, _ in index.query(BASE, 0.5)} == set(range(10, 20))
+
+
+def _flood(index, text, count, group, first_at, step=1.0):
+    """``count`` copies of ``text`` in ``group`` from ``first_at`` on."""
+    for n in range(count):
+        index.add(f"flood-{group}-{first_at}-{n}", text, group, first_at + n * step)
+
+
+def test_a_flood_of_copies_later_does_not_hide_an_earlier_near_duplicate():
+    # 300 copies of the same text a day later: with one bucket for all time, the 64 newest of each
+    # bucket are all copies and the earlier appeal is lost; per time window it is still found
+    for window in (3600.0, None):
+        index = NearDuplicateIndex(memtable_entries=128, window_seconds=window)
+        index.add("first", BASE, "town-1", 0.0)
+        _flood(index, BASE, 300, "town-1", 86400.0)
+        found = {k for k, _ in index.query(BASE, 0.5)}
+        assert ("first" in found) == (window is not None), window
+        # a flood is capped, not returned whole: a bucket gives its newest entries only
+        assert len(found) < 300
+
+
+def test_a_flood_in_one_town_does_not_hide_another_towns_near_duplicate():
+    index = NearDuplicateIndex(memtable_entries=128)
+    index.add("town-2-first", BASE, "town-2", 10.0)
+    _flood(index, BASE, 300, "town-1", 20.0)
+    assert [k for k, _ in index.query(BASE, 0.5, group="town-2")] == ["town-2-first"]
+    in_town_1 = index.query(BASE, 0.5, group="town-1", since=0.0)
+    assert in_town_1 and all(k.startswith("flood-town-1") for k, _ in in_town_1)
+
+
+def test_a_query_only_looks_at_the_windows_it_asks_about_and_expiry_drops_old_windows():
+    index = NearDuplicateIndex(window_seconds=3600.0)
+    index.add("old", BASE, None, 100.0)
+    index.add("new", BASE + "，谢谢", None, 4 * 3600.0 + 5)
+    assert sorted(index._windows) == [0, 4]
+    assert [k for k, _ in index.query(BASE, 0.5, since=4 * 3600.0)] == ["new"]
+    assert {k for k, _ in index.query(BASE, 0.5)} == {"old", "new"}
+    index.expire(3600.0)
+    assert sorted(index._windows) == [4] and [k for k, _ in index.query(BASE, 0.5)] == ["new"]
+    index.compact()
+    assert [k for k, _ in index.query(BASE, 0.5)] == ["new"] and index.window_seconds == 3600.0
