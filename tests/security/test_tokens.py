@@ -6,7 +6,6 @@ import time
 
 import jwt
 import pytest
-
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from wuji_common import auth

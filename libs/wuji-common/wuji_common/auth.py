@@ -13,8 +13,9 @@ Claims: ``sub`` ("staff:<id>", "service:<name>", …), ``role`` (one of :data:`R
 
 RPC carries the token in nameko's call context (``context_data["authorization"] = "Bearer <jwt>"``),
 HTTP in the ``Authorization: Bearer`` header. A service calling another one sends its *own*
-token (``WUJI_SERVICE_TOKEN``), never the user's that nameko would propagate: the called service
-trusts the calling service, which has already checked its user (see :mod:`wuji_common.dependencies`).
+token (``WUJI_SERVICE_TOKEN_<SERVICE>``), never the user's that nameko would propagate: the called
+service authorises the calling service, which has already checked its own caller (see
+``BoundedRpcProxy`` in :mod:`wuji_common.dependencies`).
 
 Revocation: ``wuji token revoke`` publishes ``auth.token_revoked`` to the exchange ``auth.events``
 (in the deployment only the broker administrator may publish there); every service records the
@@ -387,6 +388,7 @@ def record_revocation(uow, consumer, envelope):
 
 
 def _revoked_table(uow):
+    # the unit of work is built on the service's MetaData, which add_auth_tables extended
     return uow._outbox.metadata.tables["revoked_tokens"]
 
 
