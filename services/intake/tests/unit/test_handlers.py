@@ -155,6 +155,25 @@ def test_duplicate_order_event_is_applied_once(intake_db, appeal_payload):
     assert len(handlers.staff_view(uow(), case_no)["timeline"]) == 2
 
 
+def test_a_batch_of_order_events_is_applied_once_each_or_not_at_all(intake_db, appeal_payload):
+    """The batch handler's path: several cases in one transaction, an event twice in its batch and
+    again later applied once; an event for an unknown case fails the batch and leaves nothing."""
+    _, uow = intake_db
+    cases = [handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")["case_no"] for _ in range(3)]
+    batch = [order_event(case_no, "order_dispatched") for case_no in cases]
+    assert handlers.apply_order_events(uow(), "intake.test", batch + batch[:1]) == 3
+    assert handlers.apply_order_events(uow(), "intake.test", batch) == 0
+    for case_no in cases:
+        view = handlers.staff_view(uow(), case_no)
+        assert view["status"] == "dispatched" and len(view["timeline"]) == 2
+    accepted = [order_event(case_no, "order_accepted") for case_no in cases]
+    with pytest.raises(NotFound):
+        handlers.apply_order_events(uow(), "intake.test", accepted + [order_event("YC19990101000001",
+                                                                                  "order_accepted")])
+    assert {handlers.staff_view(uow(), c)["status"] for c in cases} == {"dispatched"}
+    assert handlers.apply_order_events(uow(), "intake.test", accepted) == 3
+
+
 def test_a_late_event_does_not_turn_the_status_back(intake_db, appeal_payload):
     _, uow = intake_db
     case_no = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")["case_no"]
