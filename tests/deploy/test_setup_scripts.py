@@ -205,6 +205,21 @@ def test_only_notify_may_ask_intake_for_a_citizens_contact_data(broker):
             rpc_publish(broker[svc], "intake.contact_for_notification")
 
 
+def test_only_the_broker_administrator_may_publish_a_token_revocation(broker):
+    """auth.token_revoked makes every service refuse a token: a service's broker user must not be
+    able to send one (wuji token revoke runs with the administrator's credentials)."""
+    from amqp.exceptions import AccessRefused
+    exchange = Exchange("auth.events", type="topic", durable=True)
+    for svc in SERVICES:
+        with Connection(broker[svc], transport_options={"confirm_publish": True}) as conn:
+            with pytest.raises(AccessRefused):
+                conn.Producer().publish({"jti": "x"}, exchange=exchange, routing_key="token_revoked",
+                                        declare=[exchange])
+    with Connection(broker["admin"], transport_options={"confirm_publish": True}) as conn:
+        conn.Producer().publish({"jti": "x"}, exchange=exchange, routing_key="token_revoked",
+                                declare=[exchange])
+
+
 # --- the platform as the containers would run it ---------------------------------------------------
 
 def test_the_entrypoint_refuses_placeholders_and_unknown_services(tmp_path):

@@ -4,16 +4,22 @@ import base64
 import json
 import time
 
+import urllib.error
+import urllib.request
+
 import jwt
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
+from nameko.web.handlers import http
 
 from wuji_common import auth
 from wuji_common.auth import CurrentCaller, rpc
 from wuji_common.dependencies import BoundedRpcProxy
 from wuji_common.errors import Forbidden, Unauthenticated
 from wuji_common.testing import _TEST_PRIVATE, issue_test_token
-from wuji_common.testing_helpers import eventually, http_json, rpc_as as _rpc_as, rpc_as_role as _rpc_as_role
+from wuji_common.testing_helpers import (
+    eventually, free_port, http_json, rpc_as as _rpc_as, rpc_as_role as _rpc_as_role,
+)
 
 # one read-only RPC per service, callable by a supervisor
 READS = {"intake": ("get_appeal", ("YC-NONE",)), "triage": ("find_orders", ()),
@@ -199,6 +205,40 @@ def test_user_token_is_not_passed_on_to_the_next_service(container_factory, amqp
     with _rpc_as_role(amqp_uri, "supervisor") as rpc:
         assert rpc.probe.whoami()["role"] == "supervisor"
         assert rpc.relay.ask_probe() == {"subject": "service:relay", "role": "service"}
+
+
+class Desk:
+    """A staff HTTP endpoint: the caller comes from ``Authorization: Bearer``."""
+    name = "desk"
+    caller = CurrentCaller()
+
+    @http("GET", "/whoami")
+    def whoami(self, request):
+        try:
+            return 200, auth.authenticated(self.caller).subject
+        except Unauthenticated as exc:
+            return 401, str(exc)
+
+
+def test_http_bearer_token_is_checked_like_an_rpc_token(container_factory, amqp_uri):
+    port = free_port()
+    container_factory(Desk, {"AMQP_URI": amqp_uri, "WEB_SERVER_ADDRESS": f"127.0.0.1:{port}"}).start()
+
+    def whoami(authorization=None):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/whoami",
+                                         headers={"Authorization": authorization} if authorization else {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    assert whoami(auth.bearer(issue_test_token("supervisor", subject="staff:wang"))) == (200, "staff:wang")
+    assert whoami() == (200, "anonymous")     # public endpoints still answer; staff ones check
+    assert whoami(auth.bearer(issue_test_token("supervisor", ttl_seconds=-60)))[0] == 401
+    private, _ = auth.generate_key(kid=_TEST_PRIVATE["kid"])
+    forged, _ = auth.issue_token(auth.load_signing_key(json.dumps(private)), "staff:mallory", "supervisor")
+    assert whoami(auth.bearer(forged))[0] == 401
 
 
 def test_rotated_signing_key_keeps_old_tokens_until_the_old_key_is_retired(tmp_path):
