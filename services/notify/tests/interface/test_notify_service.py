@@ -218,6 +218,30 @@ def test_dispatch_goes_to_the_units_inbox_and_its_signed_webhook(notify, publish
     assert rpc_notify.inbox("dept-housing", unread_only=True) == []
 
 
+def test_each_units_notices_arrive_in_order_while_units_are_sent_to_in_parallel(
+        notify, publish, rpc_notify, servers):
+    hooks = {}
+    for unit in ("dept-water", "dept-housing"):  # two department systems taking 50 ms a request
+        hook = servers("webhook", delay=0.05)
+        hook.secret = rpc_notify.set_unit_contact(unit, webhook_url=hook.url)["webhook_secret"]
+        hooks[unit] = hook.start()
+    start = datetime.now(timezone.utc)
+    sent = {unit: [] for unit in hooks}
+    for i in range(12):  # a burst, the two units' orders interleaved
+        unit = ("dept-water", "dept-housing")[i % 2]
+        envelope = dispatched(new_case(), unit)
+        envelope["occurred_at"] = (start + timedelta(milliseconds=i)).isoformat(timespec="milliseconds")
+        sent[unit].append(envelope["case_no"])
+        publish(envelope)
+    wait_until(lambda: all(len(h.accepted()) == 6 for h in hooks.values()), what="every notice")
+    for unit, hook in hooks.items():
+        assert [b["case_no"] for b in hook.accepted()] == sent[unit]  # in the order of the events
+        times = sorted(r.at for r in hook.requests)
+        assert all(b - a >= 0.045 for a, b in zip(times, times[1:]))  # one request at a time per unit
+    water, housing = ([r.at for r in hooks[u].requests] for u in ("dept-water", "dept-housing"))
+    assert any(abs(a - b) < 0.05 for a in water for b in housing)  # the two units at the same time
+
+
 def test_subscribers_get_the_events_they_chose(notify, publish, rpc_notify, servers):
     hook = servers("webhook")
     sub = rpc_notify.subscribe(["order_dispatched"], url=hook.url, name="区大数据局")

@@ -385,6 +385,94 @@ def test_skip_locked_lets_two_sweepers_take_different_deliveries(uow, db_url):
     assert {c.case_no for c in claims} == {later}  # not waited for
 
 
+# --- order per recipient and channel (lanes) ----------------------------------------------------------
+
+def accepted(case_no, unit_code, at):
+    return make_event("order_accepted", case_no, {
+        "order_no": f"GD{case_no[2:]}", "unit_code": unit_code, "town_code": "370404001",
+        "category": "housing", "status": "accepted", "accepted_at": "2026-11-25T03:00:00+00:00",
+        "within_deadline": True}, occurred_at=at)
+
+
+def two_departments(uow):
+    """Two department systems, each subscribed to its own unit's accepted orders, and three events
+    for each, interleaved in time: A1 B1 A2 B2 A3 B3."""
+    subs = {unit: handlers.subscribe(uow, {"url": f"https://{unit}.test/in", "event_types": ["order_accepted"],
+                                           "unit_code": unit})["subscriber_id"]
+            for unit in ("dept-water", "dept-housing")}
+    start = datetime.now(timezone.utc) - timedelta(minutes=1)
+    cases = {"dept-water": [], "dept-housing": []}
+    for i in range(6):
+        unit = ("dept-water", "dept-housing")[i % 2]
+        case_no = new_case()
+        cases[unit].append(case_no)
+        record(uow, accepted(case_no, unit, start + timedelta(seconds=i)))
+    return subs, cases
+
+
+def test_a_recipients_lane_is_not_claimed_again_while_its_older_deliveries_are_out(uow):
+    subs, cases = two_departments(uow)
+    first = handlers.claim_due(uow, FAST, limit=2)  # A1 and B1: two lanes, two senders
+    assert [c.case_no for c in first] == [cases["dept-water"][0], cases["dept-housing"][0]]
+    # another sender (or instance) looks while both are out: A2 and B2 must wait for them
+    assert handlers.claim_due(uow, FAST) == []
+    water, housing = handlers.by_lane(first)
+    handlers.record_sent(uow, [(water[0], handlers.Outcome("sent", address="x"))])
+    # A's lane is free again: the rest of A in order; B's lane is still out
+    assert [c.case_no for c in handlers.claim_due(uow, FAST)] == cases["dept-water"][1:]
+
+
+def test_a_lane_whose_head_another_instance_is_claiming_is_left_to_it(uow, db_url):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's (SQLite claimers take turns on the write lock)")
+    subs, cases = two_departments(uow)
+    [head] = rows(uow, cases["dept-water"][0])
+    holder = unit_of_work_for("notify", metadata, db_url)
+    with holder:  # another instance has locked A1 in its claim and not committed yet
+        holder.session.execute(select(Delivery).where(Delivery.id == head.id).with_for_update())
+        claims = handlers.claim_due(uow, FAST)
+    holder.session.bind.dispose()
+    # A2 and A3 are not taken past A1 (they would overtake it); B's lane goes
+    assert [c.case_no for c in claims] == cases["dept-housing"]
+
+
+def test_two_events_for_one_recipient_go_out_in_order_while_others_go_in_parallel(uow):
+    import threading
+    subs, cases = two_departments(uow)
+    lock, at_once, most = threading.Lock(), {}, {}
+
+    class Endpoint(FakeChannel):
+        """Each department's system: records order and how many of its requests were out at once."""
+
+        def send(self, outgoing):
+            unit = outgoing.address.to.split("//")[1].split(".")[0]
+            with lock:
+                at_once[unit] = at_once.get(unit, 0) + 1
+                most[unit] = max(most.get(unit, 0), at_once[unit])
+                most["both"] = max(most.get("both", 0), sum(at_once.values()))
+            time.sleep(0.05)
+            with lock:
+                at_once[unit] -= 1
+                self.sent.append(outgoing)
+    webhook = Endpoint()
+    out = outside(webhook=webhook)
+    senders = [threading.Thread(target=lambda lane: handlers.send_claims(uow_copy(uow), lane, out, FAST), args=(lane,))
+               for lane in handlers.by_lane(handlers.claim_due(uow, FAST))]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    for unit, unit_cases in cases.items():
+        assert [o.case_no for o in webhook.sent if unit in o.address.to] == unit_cases
+    # one lane, one send at a time; the two departments were sent to at the same time
+    assert most == {"dept-water": 1, "dept-housing": 1, "both": 2}
+
+
+def uow_copy(uow):
+    """Another unit of work on the same database (one per sender thread)."""
+    return UnitOfWork(uow._session_factory, metadata, "notify")
+
+
 # --- preferences and quiet hours ----------------------------------------------------------------------
 
 def test_preferences_put_a_channel_first_and_hold_news_in_quiet_hours(uow):
