@@ -38,6 +38,12 @@ SCHEMAS = {
 }
 
 
+# the public POSTs are rate-limited per client address and per phone (intake.ratelimit)
+TOO_MANY = {"description": "too many requests from this address or for this phone; try again after "
+                           "Retry-After seconds (an ApiError, error rate_limited)",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+            "content": {"application/json": {"schema": "ApiError"}}}
+
 def _json(schema, description):
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -83,7 +89,8 @@ def _citizen_paths(spec):
         "parameters": [IDEMPOTENCY_KEY],
         "requestBody": {"required": True, "content": {"application/json": {"schema": "AppealSubmission"}}},
         "responses": {"201": _json("AppealReceipt", "registered"),
-                      "400": _api_error("invalid input; nothing was written")}}})
+                      "400": _api_error("invalid input; nothing was written"),
+                      "429": TOO_MANY}}})
     spec.path("/api/v1/appeals/{case_no}", operations={"get": {
         "operationId": "getAppeal", "tags": ["citizens"], "summary": "Status and timeline of one's appeal",
         "parameters": token_params,
@@ -95,7 +102,7 @@ def _citizen_paths(spec):
         "requestBody": {"required": True, "content": {"application/json": {"schema": "Rating"}}},
         "responses": {"200": _json("RatingResult", "rated"), "400": _api_error("invalid input"),
                       "404": _api_error("no such case, or a wrong token"),
-                      "409": _api_error("not resolved yet, or already rated")}}})
+                      "409": _api_error("not resolved yet, or already rated"), "429": TOO_MANY}}})
     spec.path("/api/v1/openapi.json", operations={"get": {
         "operationId": "getOpenApi", "tags": ["meta"], "summary": "This description",
         "responses": {"200": {"description": "OpenAPI 3",
@@ -137,7 +144,7 @@ def _open311_paths(spec):
                 "application/x-www-form-urlencoded": {"schema": "Open311CreateRequest"}}},
             "responses": {"200": _open311({"type": "array", "items": "Open311RequestCreated"},
                                           "the new request's id, token and notice"),
-                          **_open311_errors(400, 403, 404, 413, 503)}}})
+                          **_open311_errors(400, 403, 404, 413, 503), "429": TOO_MANY}}})
     spec.path(f"{base}/requests/{{service_request_id}}.{{format}}", operations={"get": {
         "operationId": "open311Request", "tags": ["open311"], "summary": "GET service request (a list of one)",
         "parameters": [{"name": "service_request_id", "in": "path", "required": True,

@@ -135,6 +135,6 @@ class RatingResultSchema(Schema):
 class ApiErrorSchema(Schema):
     """Every 4xx of the citizen API: a code word, a message in Chinese, and the fields at fault."""
     error = fields.String(required=True, validate=validate.OneOf(
-        ("validation_error", "not_found", "invalid_state", "forbidden")))
+        ("validation_error", "not_found", "invalid_state", "forbidden", "rate_limited")))
     message = fields.String(required=True)
     fields_ = fields.Dict(data_key="fields", metadata={"description": "field → messages (400 only)"})
