@@ -90,3 +90,16 @@ def test_idempotency_key_recalls_the_first_result(db_url, amqp_uri):
     with uow() as u:
         assert u.recall("op", "k") == {"order_no": "GD1"}
         assert u.recall("op", None) is None
+
+
+def test_two_relays_claim_different_rows(db_url, amqp_uri):
+    """A second instance's relay does not take the rows the first has claimed (until the claim
+    expires): each batch is published by one relay."""
+    engine, uow, first = setup(db_url, amqp_uri)
+    second = OutboxRelay(engine, outbox, BatchPublisher(amqp_uri), batch_size=100)
+    for n in range(150):
+        rated(uow, n)
+    a, b = first._claim(), second._claim()
+    assert len(a) == 100 and len(b) == 50
+    assert [r.id for r in a] == sorted(r.id for r in a) and not {r.id for r in a} & {r.id for r in b}
+    assert second._claim() == []

@@ -32,7 +32,9 @@ class Database(DependencyProvider):
     """Unit of work + transactional outbox relay for one service database.
 
     Config: ``DB_URL``; ``OUTBOX_POLL_SECONDS`` (default 1) for rows left by a crash or another
-    instance; a commit that emitted events wakes the relay at once.
+    instance; a commit that emitted events wakes the relay, which waits ``OUTBOX_LINGER_MS``
+    (default 2) for the commits right behind it, so that one claim and one confirm window carry
+    them all.
     """
 
     def __init__(self, metadata):
@@ -44,6 +46,8 @@ class Database(DependencyProvider):
         self.session_factory = session_factory(self.engine)
         self.source = self.container.service_name
         self.poll_seconds = float(config.get("OUTBOX_POLL_SECONDS", 1))
+        self.linger = float(config.get("OUTBOX_LINGER_MS", 2)) / 1000
+        self._backlog_read = 0.0
         self.relay = OutboxRelay(self.engine, self.metadata.tables["outbox"],
                                  BatchPublisher(config["AMQP_URI"]))
         self._wake = Event()
@@ -74,6 +78,8 @@ class Database(DependencyProvider):
         while self._running:
             with eventlet.Timeout(self.poll_seconds, False):
                 self._wake.wait()
+            if self._wake.ready() and self.linger:
+                eventlet.sleep(self.linger)
             self._wake = Event()
             try:
                 while self._running:
@@ -81,9 +87,12 @@ class Database(DependencyProvider):
                     metrics.OUTBOX_PUBLISHED.labels(service).inc(published)
                     if published < self.relay.batch_size:
                         break
-                backlog, age = self.relay.backlog()
-                metrics.OUTBOX_BACKLOG.labels(service).set(backlog)
-                metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)
+                if time.monotonic() - self._backlog_read >= self.poll_seconds:
+                    # a gauge for scrapes: at most once per poll interval, not after every commit
+                    self._backlog_read = time.monotonic()
+                    backlog, age = self.relay.backlog()
+                    metrics.OUTBOX_BACKLOG.labels(service).set(backlog)
+                    metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)
             except Exception:
                 # broker or database away: everything stays in the outbox and is retried
                 log.warning("outbox relay of %s failed; retrying", service, exc_info=True)
@@ -165,7 +174,10 @@ class MetricsExporter(DependencyProvider):
             expected = getattr(entrypoint, "expected_exceptions", ()) or ()
             outcome = "expected_error" if isinstance(exc_info[1], tuple(expected) or EXPECTED) \
                 else "error"
-        metrics.ENTRYPOINT_CALLS.labels(self.service, name, kind, outcome).inc()
+        # a batch event handler's call counts once per event it handled (none for a batch that was
+        # handed over to be handled one by one: those calls count themselves)
+        calls = entrypoint.calls_in(worker_ctx) if hasattr(entrypoint, "calls_in") else 1
+        metrics.ENTRYPOINT_CALLS.labels(self.service, name, kind, outcome).inc(calls)
         if started is not None:
             metrics.ENTRYPOINT_LATENCY.labels(self.service, name, kind).observe(
                 time.perf_counter() - started)

@@ -229,6 +229,10 @@ class BatchEventHandler(ReliableEventHandler):
             self._schedule()
 
     # --- results --------------------------------------------------------------------------------
+    def calls_in(self, worker_ctx):
+        """How many events this worker's call counts for in the entrypoint metrics."""
+        return 0 if getattr(worker_ctx, "handed_over", False) else len(worker_ctx.args[0])
+
     def _batch_done(self, batch, worker_ctx, result=None, exc_info=None):
         if exc_info is None or len(batch) == 1:
             for _, message in batch:
@@ -237,6 +241,7 @@ class BatchEventHandler(ReliableEventHandler):
             return result, exc_info
         log.warning("%s: a batch of %d failed (%s); handling its events one by one",
                     self.consumer_name, len(batch), type(exc_info[1]).__name__)
+        worker_ctx.handed_over = True
         # from a thread of its own: this worker still holds its slot in the pool
         self.container.spawn_managed_thread(partial(self._one_by_one, batch),
                                             identifier=f"{self.consumer_name}.one_by_one")

@@ -125,17 +125,21 @@ class OutboxRelay:
     def _claim(self):
         now = utcnow()
         o = self.outbox
+        pending = (select(o.c.id)
+                   .where(o.c.published_at.is_(None),
+                          or_(o.c.claimed_until.is_(None), o.c.claimed_until < now))
+                   .order_by(o.c.id).limit(self.batch_size)
+                   .with_for_update(skip_locked=True))
+        claim = {"claimed_until": now + timedelta(seconds=CLAIM_SECONDS)}
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                select(o.c.id, o.c.payload)
-                .where(o.c.published_at.is_(None),
-                       or_(o.c.claimed_until.is_(None), o.c.claimed_until < now))
-                .order_by(o.c.id).limit(self.batch_size)
-                .with_for_update(skip_locked=True)
-            ).all()
+            if conn.dialect.name == "postgresql":
+                # select, lock and claim in one statement: one round trip
+                rows = conn.execute(update(o).where(o.c.id.in_(pending.scalar_subquery())).values(claim)
+                                    .returning(o.c.id, o.c.payload)).all()
+                return sorted(rows, key=lambda r: r.id)
+            rows = conn.execute(pending.add_columns(o.c.payload)).all()
             if rows:
-                conn.execute(update(o).where(o.c.id.in_([r.id for r in rows]))
-                             .values(claimed_until=now + timedelta(seconds=CLAIM_SECONDS)))
+                conn.execute(update(o).where(o.c.id.in_([r.id for r in rows])).values(claim))
         return rows
 
     def publish_pending(self):
