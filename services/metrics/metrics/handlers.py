@@ -48,23 +48,32 @@ REBUILD_BATCH = 500
 
 def record_event(uow, consumer, envelope, now=None):
     """Keep the event and refold the order and/or appeal it concerns. Returns False for a duplicate."""
+    return record_events(uow, consumer, [envelope], now) == 1
+
+
+def record_events(uow, consumer, envelopes, now=None):
+    """Keep a batch of events and refold the orders and appeals they concern, in one transaction with
+    their dedup records. Returns how many were new (duplicates, by event id, are dropped)."""
     now = now or utcnow()
-    kind = envelope["type"]
-    data = envelope.get("data") or {}
     with uow:
-        if not uow.first_delivery(consumer, envelope["event_id"]):
-            return False
+        new = uow.first_deliveries(consumer, envelopes)
+        if not new:
+            return 0
         s = uow.session
-        if s.scalar(select(EventLog.id).where(EventLog.event_id == envelope["event_id"])) is None:
-            s.add(EventLog(**_log_columns(envelope, data, now), recorded_at=now))
-            s.flush()
-        # orders before appeals, always: two events locking both never wait on each other in a cycle
-        if kind in domain.ORDER_EVENTS and data.get("order_no"):
-            _refold_order(s, data["order_no"], now)
-        if kind in domain.APPEAL_EVENTS and envelope.get("case_no"):
-            _refold_appeal(s, envelope["case_no"], now)
+        logged = set(s.execute(select(EventLog.event_id).where(
+            EventLog.event_id.in_([e["event_id"] for e in new]))).scalars())
+        rows = [{**_log_columns(e, e.get("data") or {}, now), "recorded_at": now}
+                for e in new if e["event_id"] not in logged]
+        if rows:
+            s.execute(insert(EventLog.__table__), rows)
+        orders = {(e.get("data") or {}).get("order_no") for e in new if e["type"] in domain.ORDER_EVENTS}
+        appeals = {e.get("case_no") for e in new if e["type"] in domain.APPEAL_EVENTS}
+        # orders before appeals, each in key order, always: batches locking the same facts never
+        # wait on each other in a cycle
+        _refold_orders(s, sorted(orders - {None}), now)
+        _refold_appeals(s, sorted(appeals - {None}), now)
         uow.commit()
-        return True
+        return len(new)
 
 
 def _log_columns(envelope, data, now):
@@ -78,32 +87,46 @@ def _log_columns(envelope, data, now):
     }
 
 
-def _locked_fact(s, model, key_name, key, now):
-    """The fact row, created if missing, locked for this transaction: concurrent events of one
-    order (queues are consumed in parallel) queue up here, and each refold sees the events the
+def _locked_facts(s, model, key_name, keys, now):
+    """The fact rows of ``keys``, created if missing, locked for this transaction: concurrent events
+    of one order (queues are consumed in parallel) queue up here, and each refold sees the events the
     others committed. SQLite serialises writers anyway, so its FOR UPDATE is a no-op."""
     dialect_insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-    s.execute(dialect_insert(model).values({key_name: key, "updated_at": now})
+    key = getattr(model, key_name)
+    s.execute(dialect_insert(model).values([{key_name: k, "updated_at": now} for k in keys])
               .on_conflict_do_nothing(index_elements=[key_name]))
-    return s.execute(select(model).where(getattr(model, key_name) == key).with_for_update()
-                     .execution_options(populate_existing=True)).scalar_one()
+    facts = s.execute(select(model).where(key.in_(keys)).order_by(key).with_for_update()
+                      .execution_options(populate_existing=True)).scalars()
+    return {getattr(f, key_name): f for f in facts}
 
 
-def _refold_order(s, order_no, now):
-    fact = _locked_fact(s, OrderFact, "order_no", order_no, now)
-    events = s.execute(select(EventLog.envelope).where(EventLog.order_no == order_no)).scalars().all()
-    for field, value in domain.fold_order(order_no, events).items():
-        setattr(fact, field, value)
-    fact.updated_at = now
+def _refold(s, facts, events, fold, now):
+    for key, fact in facts.items():
+        for field, value in fold(key, events.get(key, [])).items():
+            setattr(fact, field, value)
+        fact.updated_at = now
 
 
-def _refold_appeal(s, case_no, now):
-    fact = _locked_fact(s, AppealFact, "case_no", case_no, now)
-    events = s.execute(select(EventLog.envelope).where(
-        EventLog.case_no == case_no, EventLog.type.in_(domain.APPEAL_EVENTS))).scalars().all()
-    for field, value in domain.fold_appeal(case_no, events).items():
-        setattr(fact, field, value)
-    fact.updated_at = now
+def _refold_orders(s, order_nos, now):
+    if not order_nos:
+        return
+    facts = _locked_facts(s, OrderFact, "order_no", order_nos, now)
+    events = {}
+    for order_no, envelope in s.execute(select(EventLog.order_no, EventLog.envelope)
+                                        .where(EventLog.order_no.in_(order_nos)).order_by(EventLog.id)):
+        events.setdefault(order_no, []).append(envelope)
+    _refold(s, facts, events, domain.fold_order, now)
+
+
+def _refold_appeals(s, case_nos, now):
+    if not case_nos:
+        return
+    facts = _locked_facts(s, AppealFact, "case_no", case_nos, now)
+    events = {}
+    for case_no, envelope in s.execute(select(EventLog.case_no, EventLog.envelope).where(
+            EventLog.case_no.in_(case_nos), EventLog.type.in_(domain.APPEAL_EVENTS)).order_by(EventLog.id)):
+        events.setdefault(case_no, []).append(envelope)
+    _refold(s, facts, events, domain.fold_appeal, now)
 
 
 def event_count(uow, event_type=None):

@@ -14,7 +14,7 @@ from metrics.dependencies import DomainMetrics, KpiTimeZone, MetricsDatabase, Me
 from wuji_common import audit, auth, metrics as common_metrics
 from wuji_common.audit import audited
 from wuji_common.auth import CurrentCaller, rpc
-from wuji_common.entrypoints import config_timer, event_handler
+from wuji_common.entrypoints import batch_event_handler, config_timer, event_handler
 from wuji_common.errors import Forbidden
 
 # who may call what (wuji_common.auth.ROLES); a town-scoped caller sees its own towns' rows only
@@ -77,78 +77,79 @@ class MetricsService:
         """Every instance refuses the token from now on (auth.CurrentCaller reads the record)."""
         auth.record_revocation(self.uow(), "metrics.record_revoked_token", envelope)
 
-    def _record(self, envelope, method):
+    def _record(self, envelopes, method):
         consumer = f"metrics.{method}"
-        if not handlers.record_event(self.uow(), consumer, envelope):
-            common_metrics.EVENTS_DUPLICATE.labels(self.name, consumer).inc()
+        duplicates = len(envelopes) - handlers.record_events(self.uow(), consumer, envelopes)
+        if duplicates:
+            common_metrics.EVENTS_DUPLICATE.labels(self.name, consumer).inc(duplicates)
 
-    @event_handler("intake", "appeal_received")
-    def on_appeal_received(self, envelope):
-        self._record(envelope, "on_appeal_received")
+    @batch_event_handler("intake", "appeal_received")
+    def on_appeal_received(self, envelopes):
+        self._record(envelopes, "on_appeal_received")
 
-    @event_handler("intake", "appeal_rated")
-    def on_appeal_rated(self, envelope):
-        self._record(envelope, "on_appeal_rated")
+    @batch_event_handler("intake", "appeal_rated")
+    def on_appeal_rated(self, envelopes):
+        self._record(envelopes, "on_appeal_rated")
 
-    @event_handler("triage", "order_dispatched")
-    def on_order_dispatched(self, envelope):
-        self._record(envelope, "on_order_dispatched")
+    @batch_event_handler("triage", "order_dispatched")
+    def on_order_dispatched(self, envelopes):
+        self._record(envelopes, "on_order_dispatched")
 
-    @event_handler("triage", "order_accepted")
-    def on_order_accepted(self, envelope):
-        self._record(envelope, "on_order_accepted")
+    @batch_event_handler("triage", "order_accepted")
+    def on_order_accepted(self, envelopes):
+        self._record(envelopes, "on_order_accepted")
 
-    @event_handler("triage", "order_returned")
-    def on_order_returned(self, envelope):
-        self._record(envelope, "on_order_returned")
+    @batch_event_handler("triage", "order_returned")
+    def on_order_returned(self, envelopes):
+        self._record(envelopes, "on_order_returned")
 
-    @event_handler("triage", "order_progressed")
-    def on_order_progressed(self, envelope):
-        self._record(envelope, "on_order_progressed")
+    @batch_event_handler("triage", "order_progressed")
+    def on_order_progressed(self, envelopes):
+        self._record(envelopes, "on_order_progressed")
 
-    @event_handler("triage", "order_resolved")
-    def on_order_resolved(self, envelope):
-        self._record(envelope, "on_order_resolved")
+    @batch_event_handler("triage", "order_resolved")
+    def on_order_resolved(self, envelopes):
+        self._record(envelopes, "on_order_resolved")
 
-    @event_handler("triage", "order_reopened")
-    def on_order_reopened(self, envelope):
-        self._record(envelope, "on_order_reopened")
+    @batch_event_handler("triage", "order_reopened")
+    def on_order_reopened(self, envelopes):
+        self._record(envelopes, "on_order_reopened")
 
-    @event_handler("triage", "order_closed")
-    def on_order_closed(self, envelope):
-        self._record(envelope, "on_order_closed")
+    @batch_event_handler("triage", "order_closed")
+    def on_order_closed(self, envelopes):
+        self._record(envelopes, "on_order_closed")
 
-    @event_handler("triage", "cross_level_petition_detected")
-    def on_cross_level_petition_detected(self, envelope):
-        self._record(envelope, "on_cross_level_petition_detected")
+    @batch_event_handler("triage", "cross_level_petition_detected")
+    def on_cross_level_petition_detected(self, envelopes):
+        self._record(envelopes, "on_cross_level_petition_detected")
 
-    @event_handler("triage", "repeat_detected")
-    def on_repeat_detected(self, envelope):
-        self._record(envelope, "on_repeat_detected")
+    @batch_event_handler("triage", "repeat_detected")
+    def on_repeat_detected(self, envelopes):
+        self._record(envelopes, "on_repeat_detected")
 
-    @event_handler("triage", "hotspot_detected")
-    def on_hotspot_detected(self, envelope):
-        self._record(envelope, "on_hotspot_detected")
+    @batch_event_handler("triage", "hotspot_detected")
+    def on_hotspot_detected(self, envelopes):
+        self._record(envelopes, "on_hotspot_detected")
 
-    @event_handler("triage", "urgent_appeal_flagged")
-    def on_urgent_appeal_flagged(self, envelope):
-        self._record(envelope, "on_urgent_appeal_flagged")
+    @batch_event_handler("triage", "urgent_appeal_flagged")
+    def on_urgent_appeal_flagged(self, envelopes):
+        self._record(envelopes, "on_urgent_appeal_flagged")
 
-    @event_handler("enforcement", "whistle_blown")
-    def on_whistle_blown(self, envelope):
-        self._record(envelope, "on_whistle_blown")
+    @batch_event_handler("enforcement", "whistle_blown")
+    def on_whistle_blown(self, envelopes):
+        self._record(envelopes, "on_whistle_blown")
 
-    @event_handler("enforcement", "force_reported_in")
-    def on_force_reported_in(self, envelope):
-        self._record(envelope, "on_force_reported_in")
+    @batch_event_handler("enforcement", "force_reported_in")
+    def on_force_reported_in(self, envelopes):
+        self._record(envelopes, "on_force_reported_in")
 
-    @event_handler("enforcement", "operation_completed")
-    def on_operation_completed(self, envelope):
-        self._record(envelope, "on_operation_completed")
+    @batch_event_handler("enforcement", "operation_completed")
+    def on_operation_completed(self, envelopes):
+        self._record(envelopes, "on_operation_completed")
 
-    @event_handler("enforcement", "force_report_in_overdue")
-    def on_force_report_in_overdue(self, envelope):
-        self._record(envelope, "on_force_report_in_overdue")
+    @batch_event_handler("enforcement", "force_report_in_overdue")
+    def on_force_report_in_overdue(self, envelopes):
+        self._record(envelopes, "on_force_report_in_overdue")
 
     # --- 考核: the monthly assessment (metrics.assessment) ------------------------------------------
     @rpc(roles=OVERSIGHT)
@@ -159,6 +160,6 @@ class MetricsService:
         table = assessment.assessment(self.uow(), month, level, tz=self.kpi_timezone)
         return dict(table, rows=self._own_towns(table["rows"], level))
 
-    @event_handler("triage", "repeat_detected")
-    def on_repeat_detected(self, envelope):
-        self._record(envelope, "on_repeat_detected")
+    @batch_event_handler("triage", "repeat_detected")
+    def on_repeat_detected(self, envelopes):
+        self._record(envelopes, "on_repeat_detected")

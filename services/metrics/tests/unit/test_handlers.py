@@ -168,6 +168,27 @@ def test_concurrent_events_of_one_order_all_reach_its_fact(metrics_db, story):
     assert {k: order[k] for k in expected} == expected
 
 
+def test_events_recorded_in_batches_give_the_facts_of_one_by_one(metrics_db, story):
+    """The batch handler's path: concurrent batches of one event type each (as the queues are
+    consumed), one delivered twice within its batch and again later — the same facts as a fold."""
+    _, uow = metrics_db
+    events = story.week()
+    by_type = {}
+    for e in events:
+        by_type.setdefault(e["type"], []).append(e)
+    pool = eventlet.GreenPool(len(by_type))
+    for kind, batch in by_type.items():
+        pool.spawn(handlers.record_events, uow(), f"metrics.on_{kind}", batch + batch[:1])
+    pool.waitall()
+    assert handlers.record_events(uow(), f"metrics.on_{events[0]['type']}", events[:1]) == 0
+    with uow() as u:
+        assert len(u.session.execute(select(EventLog.id)).all()) == len(events)
+    orders = {o["order_no"]: o for o in facts(uow, OrderFact, OrderFact.order_no)}
+    for order_no in {e["data"]["order_no"] for e in events if e["data"].get("order_no")}:
+        expected = domain.fold_order(order_no, [e for e in events if e["data"].get("order_no") == order_no])
+        assert {k: orders[order_no][k] for k in expected} == expected
+
+
 def test_an_unreadable_timestamp_costs_the_field_not_the_event(metrics_db, story):
     _, uow = metrics_db
     dispatched = story.dispatched("C9", "O9", "u", story.TANSHAN, "c", story.at(4, 9), 2, 3)
