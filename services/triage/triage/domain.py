@@ -400,10 +400,23 @@ class Router:
         label's default item); else the best keyword match; when nothing identifies the appeal, the
         fallback item. An unsure or torn classifier, or nothing recognised at all, sends the appeal
         to a dispatcher (review) as the taxonomy's review policy says."""
+        return self._assess(title, content, self._ranked_labels(title, content))
+
+    def assess_many(self, texts):
+        """:meth:`assess` for a list of (title, content): the classifier scores them all in one call
+        (several times faster per appeal than one by one)."""
+        texts = list(texts)
+        if self.classifier is None or len(texts) < 2 or not hasattr(self.classifier, "classify_many"):
+            return [self.assess(title, content) for title, content in texts]
+        results = self.classifier.classify_many(texts)
+        return [self._assess(title, content, self._ranked(result))
+                for (title, content), result in zip(texts, results)]
+
+    def _assess(self, title, content, ranked):
+        """``ranked``: the classifier's labels known to the taxonomy, [(label, LabelMap, probability)]."""
         tax = self.taxonomy
         scored = tax.keyword_matches(title, content)
         matches = [item for item, _ in scored]
-        ranked = self._ranked_labels(title, content)  # [(label, LabelMap, probability)]
         top, probability = (ranked[0][1], ranked[0][2]) if ranked else (None, None)
         confident = top is not None and probability >= tax.min_confidence
         strong = bool(scored) and scored[0][1] >= tax.keyword_precedence
@@ -441,7 +454,9 @@ class Router:
     def _ranked_labels(self, title, content):
         if self.classifier is None:
             return []
-        result = self.classifier.classify(title, content)
+        return self._ranked(self.classifier.classify(title, content))
+
+    def _ranked(self, result):
         ranked = getattr(result, "ranked", None) or [(result.label, result.probability)]
         if isinstance(ranked, dict):  # {label: probability}
             ranked = sorted(ranked.items(), key=lambda pair: -pair[1])

@@ -89,58 +89,89 @@ def dispatch_appeal(uow, router, consumer, envelope, now=None, index=None):
 
     Returns a summary of the new order, or None when there is nothing to do: the same event delivered
     again, or an appeal that already has its order."""
+    return dispatch_appeals(uow, router, consumer, [envelope], now, index)[0]
+
+
+def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_each=None):
+    """:func:`dispatch_appeal` for a batch of ``appeal_received`` events, in one transaction: one
+    commit, the texts classified together, each appeal seeing those before it in the batch (its
+    repeats, its hot spot). All or nothing: a failing appeal fails the batch, which the caller then
+    handles one event at a time. ``on_each(uow, envelope)``, if given, adds a record of its own for
+    each event handled (e.g. the audit row). Returns a summary or None per envelope, in order."""
+    payloads = [load(payload_schemas["appeal_received"], e["data"], "appeal_received payload invalid")
+                for e in envelopes]
+    # CPU only, before the transaction: classification of the whole batch at once
+    assessments = router.assess_many([(p["title"], p["content"]) for p in payloads])
+    signatures = [index.signature(p["title"], p["content"]) if index is not None else None
+                  for p in payloads]
+    now = now or domain.utcnow()
+    results = [None] * len(envelopes)
+    reference = {}  # divisions and units read for this batch (reference data: read once)
+    with uow:
+        fresh = {e["event_id"] for e in uow.first_deliveries(consumer, envelopes)}
+        handled = bool(fresh)
+        for n, envelope in enumerate(envelopes):
+            if envelope["event_id"] not in fresh:
+                continue
+            fresh.discard(envelope["event_id"])  # the same event twice in one batch: once
+            if on_each is not None:
+                on_each(uow, envelope)
+            results[n] = _dispatch(uow, router, index, envelope, payloads[n], assessments[n],
+                                   signatures[n], now, reference)
+        if handled:
+            uow.commit()  # with the dedup records, also of events whose appeal already had its order
+    return results
+
+
+def _dispatch(uow, router, index, envelope, data, assessment, signature, now, reference=None):
+    """One appeal of :func:`dispatch_appeals`, inside its transaction, its event seen for the first
+    time. Returns the summary of its new order, or None when the appeal already has one."""
     case_no = envelope["case_no"]
-    data = load(payload_schemas["appeal_received"], envelope["data"], "appeal_received payload invalid")
     title, content = data["title"], data["content"]
     received_at = aware(_timestamp(data["received_at"])).astimezone(timezone.utc)
     detection = router.taxonomy.detection
-    # CPU only, before the transaction: classification and the near-duplicate look-up
-    assessment = router.assess(title, content)
-    signature = index.signature(title, content) if index is not None else None
+    s = uow.session
+    if _active_order(s, case_no) is not None:
+        return None  # the dedup record stays: this event is done with
     neighbours = index.neighbours(
         signature, data["town_code"], received_at - timedelta(hours=detection.hotspot_window_hours),
         detection.hotspot_min_similarity, exclude=case_no)[:MAX_NEIGHBOURS] if index is not None else []
-    now = now or domain.utcnow()
-    with uow:
-        if not uow.first_delivery(consumer, envelope["event_id"]):
-            return None
-        s = uow.session
-        if _active_order(s, case_no) is not None:
-            uow.commit()  # keep the dedup record: this event is done with
-            return None
-        town_code, village_code = _location(s, data["town_code"], data["village_code"])
-        # no order yet, so no appeal row yet either (a racing duplicate clashes on the key and retries)
-        appeal = Appeal(case_no=case_no, channel=data["channel"], title=title, content=content,
-                        town_code=town_code, village_code=village_code, citizen_ref=data["citizen_ref"],
-                        received_at=received_at, stored_at=now,
-                        reception_level=detection.reception_level(data["channel"], data["reception_level"]),
-                        urgency=assessment.urgency, cross_level=False,
-                        risk_reasons=json.dumps(_reasons(assessment.flags), ensure_ascii=False))
-        s.add(appeal)
-        units = _unit_lookup(s)
-        repeat = _repeat_of(s, router, index, appeal, assessment.item, signature)
-        if repeat is not None and repeat.order is not None and repeat.order.status != "pending_review":
-            # the same matter again: the unit that has it handles it again
-            item = router.taxonomy.items.get(repeat.order.item, assessment.item)
-            unit = units([repeat.order.unit_code]).get(repeat.order.unit_code)
-            routing = router.route_to(assessment, item, unit, units, basis="repeat") if unit else None
-        else:
-            routing = None
-        held = routing is None and assessment.review is not None
-        if routing is None:
-            routing = router.hold(assessment, units) if held else \
-                router.route(assessment, town_code, village_code, units)
-        order = _open_order(uow, appeal, routing, now, review_reason=assessment.review if held else None,
-                            label=assessment.label)
-        if assessment.flags:
-            _flag_urgent(uow, appeal, order, routing, assessment, held)
-        if repeat is not None:
-            _link_repeat(uow, appeal, order, routing, repeat, held)
-        _check_cross_level(uow, router, index, appeal, order, routing, signature, held)
-        if neighbours:
-            _cluster(uow, router.taxonomy, appeal, routing.item, neighbours, now)
-        uow.commit()
+    town_code, village_code = _location(s, data["town_code"], data["village_code"], reference)
+    # no order yet, so no appeal row yet either (a racing duplicate clashes on the key and retries)
+    appeal = Appeal(case_no=case_no, channel=data["channel"], title=title, content=content,
+                    town_code=town_code, village_code=village_code, citizen_ref=data["citizen_ref"],
+                    received_at=received_at, stored_at=now,
+                    reception_level=detection.reception_level(data["channel"], data["reception_level"]),
+                    urgency=assessment.urgency, cross_level=False,
+                    risk_reasons=json.dumps(_reasons(assessment.flags), ensure_ascii=False))
+    s.add(appeal)
+    units = _unit_lookup(s, reference)
+    memo = {}  # the person's earlier appeals, read once for the repeat and cross-level rules
+    repeat = _repeat_of(s, router, index, appeal, assessment.item, signature, memo)
+    if repeat is not None and repeat.order is not None and repeat.order.status != "pending_review":
+        # the same matter again: the unit that has it handles it again
+        item = router.taxonomy.items.get(repeat.order.item, assessment.item)
+        unit = units([repeat.order.unit_code]).get(repeat.order.unit_code)
+        routing = router.route_to(assessment, item, unit, units, basis="repeat") if unit else None
+    else:
+        routing = None
+    held = routing is None and assessment.review is not None
+    if routing is None:
+        routing = router.hold(assessment, units) if held else \
+            router.route(assessment, town_code, village_code, units)
+    order = _open_order(uow, appeal, routing, now, review_reason=assessment.review if held else None,
+                        label=assessment.label)
+    if assessment.flags:
+        _flag_urgent(uow, appeal, order, routing, assessment, held)
+    if repeat is not None:
+        _link_repeat(uow, appeal, order, routing, repeat, held)
+    _check_cross_level(uow, router, index, appeal, order, routing, signature, held, memo)
+    if neighbours:
+        _cluster(uow, router.taxonomy, appeal, routing.item, neighbours, now)
     if index is not None:
+        # now, not after the commit: the next appeal of the batch must find this one. Should the
+        # batch roll back, the entry stays until it expires; the appeals it points at are looked up
+        # in the database, so a case that was never stored counts for nothing
         index.remember(case_no, title, content, town_code, received_at, signature)
     return {"order_no": order.order_no, "level": order.level, "unit_code": order.unit_code,
             "routing_basis": order.routing_basis, "policy": order.policy, "status": order.status,
@@ -156,10 +187,16 @@ def _reasons(flags):
     return [{"rule": f.rule, "name": f.name, "keywords": list(f.keywords)} for f in flags]
 
 
-def _location(s, town_code, village_code):
-    """The appeal's town (it must be one of ours) and its village if that lies in the town."""
+def _location(s, town_code, village_code, reference=None):
+    """The appeal's town (it must be one of ours) and its village if that lies in the town.
+    ``reference`` (a dict) keeps the divisions read, for the next appeals of a batch."""
     codes = [town_code, village_code] if village_code else [town_code]
-    found = {d.code: d for d in s.execute(select(Division).where(Division.code.in_(codes))).scalars()}
+    known = {} if reference is None else reference.setdefault("divisions", {})
+    missing = [c for c in codes if c not in known]
+    if missing:
+        rows = {d.code: d for d in s.execute(select(Division).where(Division.code.in_(missing))).scalars()}
+        known.update({c: rows.get(c) for c in missing})
+    found = {c: known[c] for c in codes if known[c] is not None}
     town = found.get(town_code)
     if town is None or town.level != "town":
         raise ValidationError("appeal_received for an unknown town",
@@ -170,10 +207,18 @@ def _location(s, town_code, village_code):
     return town_code, village_code
 
 
-def _unit_lookup(s):
+def _unit_lookup(s, reference=None):
+    """``lookup(codes)`` → {code: UnitRef} of the units that exist; ``reference`` (a dict) keeps what
+    was read, for the next appeals of a batch."""
+    known = {} if reference is None else reference.setdefault("units", {})
+
     def lookup(codes):
-        rows = s.execute(select(Unit).where(Unit.code.in_(codes))).scalars()
-        return {u.code: domain.UnitRef(u.code, u.name, u.type) for u in rows}
+        missing = [c for c in dict.fromkeys(codes) if c not in known]
+        if missing:
+            rows = {u.code: domain.UnitRef(u.code, u.name, u.type)
+                    for u in s.execute(select(Unit).where(Unit.code.in_(missing))).scalars()}
+            known.update({c: rows.get(c) for c in missing})
+        return {c: known[c] for c in codes if known.get(c) is not None}
     return lookup
 
 
@@ -275,30 +320,71 @@ class EarlierCase:
     similarity: float | None
 
 
-def _same_matter_before(s, router, index, appeal, item, signature, since=None, levels=None):
+EARLIER_LIMIT = 50  # the most recent earlier appeals of a person looked at
+
+
+def _same_matter_before(s, router, index, appeal, item, signature, since=None, levels=None,
+                        memo=None):
     """The same person's earlier appeals about the same matter (in the same town: the same item, or
     text at least ``repeat.min_similarity`` similar), most recent first; ``levels`` keeps those
-    received at these levels only."""
+    received at these levels only. ``memo`` (a dict per appeal) lets the repeat and the cross-level
+    rules share one read of the person's earlier appeals, their orders and their similarities."""
     if not appeal.citizen_ref:
         return []
     detection = router.taxonomy.detection
-    query = select(Appeal).where(Appeal.citizen_ref == appeal.citizen_ref, Appeal.case_no != appeal.case_no,
-                                 Appeal.received_at <= appeal.received_at)
-    if since is not None:
-        query = query.where(Appeal.received_at >= since)
-    if levels is not None:
-        query = query.where(Appeal.reception_level.in_(levels))
+    memo = {} if memo is None else memo
+    history = _history(s, appeal, memo)
+    if history is not None:  # all of them at hand: filtered here as the query below would
+        earlier_appeals = [a for a in history
+                           if (since is None or aware(a.received_at) >= since)
+                           and (levels is None or a.reception_level in levels)][:EARLIER_LIMIT]
+    else:  # a prolific petitioner: let the database filter before the limit
+        query = select(Appeal).where(Appeal.citizen_ref == appeal.citizen_ref,
+                                     Appeal.case_no != appeal.case_no,
+                                     Appeal.received_at <= appeal.received_at,
+                                     Appeal.town_code == appeal.town_code)
+        if since is not None:
+            query = query.where(Appeal.received_at >= since)
+        if levels is not None:
+            query = query.where(Appeal.reception_level.in_(levels))
+        earlier_appeals = s.execute(query.order_by(Appeal.received_at.desc())
+                                    .limit(EARLIER_LIMIT)).scalars().all()
+    active = _active_orders(s, [a.case_no for a in earlier_appeals], memo)
+    similarities = memo.setdefault("similarity", {})
     found = []
-    # a matter has a place: only the same town's appeals can be about it
-    query = query.where(Appeal.town_code == appeal.town_code)
-    for earlier in s.execute(query.order_by(Appeal.received_at.desc()).limit(50)).scalars():
-        order = _active_order(s, earlier.case_no)
+    for earlier in earlier_appeals:
+        order = active.get(earlier.case_no)
         same_item = order is not None and order.item == item.code
-        similar = index.similarity(signature, earlier.title, earlier.content) \
-            if index is not None else _plain_similarity(earlier, appeal)
+        if earlier.case_no not in similarities:
+            similarities[earlier.case_no] = index.similarity(signature, earlier.title, earlier.content) \
+                if index is not None else _plain_similarity(earlier, appeal)
+        similar = similarities[earlier.case_no]
         if same_item or similar >= detection.repeat_min_similarity:
             found.append(EarlierCase(earlier, order, round(similar, 4)))
     return found
+
+
+def _history(s, appeal, memo):
+    """The person's earlier appeals in the town (a matter has a place: only the same town's appeals
+    can be about it), most recent first — or None when there are more than EARLIER_LIMIT."""
+    if "history" not in memo:
+        rows = s.execute(select(Appeal).where(
+            Appeal.citizen_ref == appeal.citizen_ref, Appeal.case_no != appeal.case_no,
+            Appeal.received_at <= appeal.received_at, Appeal.town_code == appeal.town_code)
+            .order_by(Appeal.received_at.desc()).limit(EARLIER_LIMIT + 1)).scalars().all()
+        memo["history"] = rows if len(rows) <= EARLIER_LIMIT else None
+    return memo["history"]
+
+
+def _active_orders(s, case_nos, memo):
+    """{case_no: active order} in one query, not one per earlier appeal; remembered in ``memo``."""
+    known = memo.setdefault("orders", {})
+    missing = [c for c in case_nos if c not in known]
+    if missing:
+        found = {o.case_no: o for o in s.execute(select(WorkOrder).where(
+            WorkOrder.case_no.in_(missing), WorkOrder.status != "returned")).scalars()}
+        known.update({c: found.get(c) for c in missing})
+    return {c: known[c] for c in case_nos if known[c] is not None}
 
 
 def _plain_similarity(a, b):
@@ -307,12 +393,12 @@ def _plain_similarity(a, b):
     return plain.similarity(plain.signature(a.title, a.content), b.title, b.content)
 
 
-def _repeat_of(s, router, index, appeal, item, signature):
+def _repeat_of(s, router, index, appeal, item, signature, memo=None):
     """重复访: the most recent earlier appeal of the same person about the same matter within the
     repeat window, or None."""
     window = timedelta(days=router.taxonomy.detection.repeat_window_days)
     earlier = _same_matter_before(s, router, index, appeal, item, signature,
-                                  since=appeal.received_at - window)
+                                  since=appeal.received_at - window, memo=memo)
     return earlier[0] if earlier else None
 
 
@@ -334,14 +420,14 @@ def _link_repeat(uow, appeal, order, routing, repeat, held):
         "repeat_count": count, "similarity": repeat.similarity})
 
 
-def _check_cross_level(uow, router, index, appeal, order, routing, signature, held):
+def _check_cross_level(uow, router, index, appeal, order, routing, signature, held, memo=None):
     """越级访: received at district level about a matter for the grid or the town, never raised below
     by the same person → flagged; the order goes down to the lower level, which is told."""
     level = routing.item.level if held else routing.level
     if appeal.reception_level != "district" or level not in ("grid", "town"):
         return
     raised_below = _same_matter_before(uow.session, router, index, appeal, routing.item, signature,
-                                       levels=("town", "village"))
+                                       levels=("town", "village"), memo=memo)
     if raised_below:
         return
     appeal.cross_level = True
@@ -365,10 +451,16 @@ def _cluster(uow, taxonomy, appeal, item, neighbours, now):
     if clustered is not None:
         hotspot = s.execute(select(Hotspot).where(Hotspot.hotspot_id == clustered.hotspot_id)
                             .with_for_update()).scalar_one()
+        # counted on, not counted again: a hot spot can hold thousands of appeals, and its row is
+        # locked, so the counts stay exact
+        known_person = appeal.citizen_ref is not None and s.execute(
+            select(HotspotMember.case_no).join(Appeal, Appeal.case_no == HotspotMember.case_no)
+            .where(HotspotMember.hotspot_id == hotspot.hotspot_id,
+                   Appeal.citizen_ref == appeal.citizen_ref).limit(1)).first() is not None
         s.add(HotspotMember(case_no=appeal.case_no, hotspot_id=hotspot.hotspot_id,
                             similarity=max(similarity.values()), joined_at=now))
-        s.flush()
-        hotspot.appeals, hotspot.people = _cluster_size(s, hotspot.hotspot_id)
+        hotspot.appeals += 1
+        hotspot.people += 0 if known_person else 1
         hotspot.last_received_at = max(aware(hotspot.last_received_at), appeal.received_at)
         return
     rows = s.execute(select(Appeal).where(Appeal.case_no.in_(codes))).scalars().all()
@@ -401,12 +493,6 @@ def _people(citizen_refs):
     """Distinct people: by their keyed reference; every anonymous appeal counts as one more."""
     refs = list(citizen_refs)
     return len({r for r in refs if r}) + sum(1 for r in refs if not r)
-
-
-def _cluster_size(s, hotspot_id):
-    refs = s.execute(select(Appeal.citizen_ref).join(HotspotMember, HotspotMember.case_no == Appeal.case_no)
-                     .where(HotspotMember.hotspot_id == hotspot_id)).scalars().all()
-    return len(refs), _people(refs)
 
 
 # --- the unit's actions -----------------------------------------------------------------------

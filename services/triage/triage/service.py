@@ -26,7 +26,7 @@ from triage.domain import TaxonomyError, utcnow
 from wuji_common import audit, auth, metrics
 from wuji_common.audit import audited
 from wuji_common.auth import CurrentCaller, rpc
-from wuji_common.entrypoints import config_timer, event_handler
+from wuji_common.entrypoints import batch_event_handler, config_timer, event_handler
 from wuji_common.errors import NotYourOrder, ValidationError
 
 # who may call what (wuji_common.auth.ROLES); scope within a role is checked in the entrypoint:
@@ -47,23 +47,24 @@ class TriageService:
     caller = CurrentCaller()
 
     # --- events -------------------------------------------------------------------------------
-    @event_handler("intake", "appeal_received")
-    def on_appeal_received(self, envelope):
-        """Exactly one work order per appeal, however often the event arrives."""
-        routed = handlers.dispatch_appeal(self._by_event(envelope), self.router,
-                                          "triage.on_appeal_received", envelope,
-                                          index=self.near_duplicates)
-        if routed is None:
-            metrics.EVENTS_DUPLICATE.labels(self.name, "triage.on_appeal_received").inc()
-            return
-        if routed["status"] == "pending_review":
-            APPEALS_FLAGGED.labels("review").inc()
-        else:
-            ORDERS_ROUTED.labels(routed["level"], routed["routing_basis"], routed["policy"]).inc()
-        for kind, shown in (("repeat", routed["repeat_of"]), ("cross_level", routed["cross_level"]),
-                            ("urgent", routed["urgency"] != "normal")):
-            if shown:
-                APPEALS_FLAGGED.labels(kind).inc()
+    @batch_event_handler("intake", "appeal_received")
+    def on_appeal_received(self, envelopes):
+        """Exactly one work order per appeal, however often the event arrives; the appeals that
+        have arrived are routed together, in one transaction."""
+        for routed in handlers.dispatch_appeals(self.uow(), self.router, "triage.on_appeal_received",
+                                                envelopes, index=self.near_duplicates,
+                                                on_each=self._audit_event):
+            if routed is None:
+                metrics.EVENTS_DUPLICATE.labels(self.name, "triage.on_appeal_received").inc()
+                continue
+            if routed["status"] == "pending_review":
+                APPEALS_FLAGGED.labels("review").inc()
+            else:
+                ORDERS_ROUTED.labels(routed["level"], routed["routing_basis"], routed["policy"]).inc()
+            for kind, shown in (("repeat", routed["repeat_of"]), ("cross_level", routed["cross_level"]),
+                                ("urgent", routed["urgency"] != "normal")):
+                if shown:
+                    APPEALS_FLAGGED.labels(kind).inc()
 
     @event_handler("intake", "appeal_rated")
     def on_appeal_rated(self, envelope):
@@ -84,6 +85,11 @@ class TriageService:
         """The unit of work of an event's effect, audited as done by the event's source service."""
         return audited(self.uow(), audit.event_caller(envelope), envelope["type"], "appeal",
                        envelope.get("case_no"))
+
+    @staticmethod
+    def _audit_event(uow, envelope):
+        """The audit row of one event of a batch, as ``_by_event`` writes it for a single one."""
+        audit.record(uow, audit.event_caller(envelope), envelope["type"], "appeal", envelope.get("case_no"))
 
     def _audited(self, action, object_type, object_id=None, reason=None):
         """The unit of work of a call that changes state: its commit writes the audit row."""

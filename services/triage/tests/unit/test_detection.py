@@ -331,3 +331,27 @@ def test_one_person_many_times_other_towns_and_old_appeals_make_no_hot_spot(db, 
     appeal(5, "化工厂偷排污水", TEXTS[3], citizen_ref=PERSON_C, village_code=JINSI, index=index,
            at=T0 + timedelta(days=10))  # long after
     assert events(outbox_events, db, "hotspot_detected") == []
+
+
+def test_a_batch_sees_its_own_appeals_and_counts_a_hot_spot_as_one_by_one(db, router, appeal_received,
+                                                                         outbox_events):
+    """dispatch_appeals (the batch handler's path): each appeal of the batch sees those before it —
+    the hot spot forms at the third, a person writing twice is one person and a repeat — and an
+    event delivered twice in the batch makes one order."""
+    index = AppealIndex()
+    people = [PERSON_A, PERSON_B, PERSON_C, PERSON_D, PERSON_A]
+    texts = [*TEXTS, TEXTS[0]]
+    batch = [appeal_received(case_no=f"YC20261125{n:06d}", title="化工厂偷排污水", content=text,
+                             citizen_ref=person, village_code=JINSI,
+                             received_at=(T0 + timedelta(hours=n)).isoformat())
+             for n, (text, person) in enumerate(zip(texts, people), start=1)]
+    results = handlers.dispatch_appeals(db(), router, CONSUMER, batch + batch[:1], now=T0 + timedelta(hours=6),
+                                        index=index)
+    assert [r is not None for r in results] == [True] * 5 + [False]
+    assert results[4]["repeat_of"] == "YC20261125000001"
+    assert len(orders(db)) == 5
+    [hotspot] = events(outbox_events, db, "hotspot_detected")
+    assert hotspot["data"]["case_nos"] == [f"YC20261125{n:06d}" for n in (1, 2, 3)]
+    [cluster] = handlers.hotspots(db())
+    assert (cluster["appeals"], cluster["people"]) == (5, 4)
+    assert handlers.dispatch_appeals(db(), router, CONSUMER, batch, index=index) == [None] * 5
