@@ -16,6 +16,7 @@ Everything runs on this machine's loopback, in a RabbitMQ vhost and PostgreSQL d
 removed at the end.
 """
 import argparse
+import base64
 import json
 import multiprocessing as mp
 import os
@@ -137,9 +138,10 @@ def driver(api_port, count, concurrency, rate, out):
         started = time.time()
         local.conn.request("POST", "/api/v1/appeals", payload, {"Content-Type": "application/json"})
         response = local.conn.getresponse()
-        data = json.loads(response.read())
+        raw = response.read()
         if response.status != 201:
-            raise RuntimeError(f"{response.status}: {data}")
+            raise RuntimeError(f"{response.status}: {raw[:3000].decode('utf-8', 'replace')}")
+        data = json.loads(raw)
         sent[data["case_no"]] = started
 
     cpu0 = time.process_time()
@@ -269,8 +271,9 @@ def main():
     prefix = f"wuji_bench_{os.getpid()}"
     db_urls = Platform.server_urls(PG, prefix)
     mailbox = Mailbox(workdir).start()
-    platform = Platform(amqp_uri, db_urls, workdir / "log",
-                        env=mailbox.env())
+    # intake encrypts contact data: a throwaway key (a Fernet key) unless one is given
+    contact_keys = os.environ.get("WUJI_CONTACT_KEYS") or base64.urlsafe_b64encode(os.urandom(32)).decode()
+    platform = Platform(amqp_uri, db_urls, workdir / "log", env={**mailbox.env(), "WUJI_CONTACT_KEYS": contact_keys})
     try:
         raw = [raw_broker_rate(amqp_uri, args.raw_messages) for _ in range(args.repeats)]
         raw_rate = statistics.median(raw)
