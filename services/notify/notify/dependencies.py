@@ -174,6 +174,8 @@ class Senders(DependencyProvider):
                 for lane in handlers.by_lane(claims):
                     self.busy[lane[0].lane] = more  # its sender looks again when it is done
                     self.pool.spawn_n(self._send, lane)
+                if not more and not self.again:
+                    break  # it took all that was due: what comes next wakes us
         except Exception:
             # the database is away: what is reserved stays so, and the sweep tries again
             log.warning("claiming deliveries failed; left for the sweep", exc_info=True)

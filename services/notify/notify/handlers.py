@@ -210,15 +210,19 @@ def _quiet_window(preference, policy):
 
 
 def _remember_citizen(s, envelope):
-    """An appeal's citizen (by keyed ref), so that their choices hold for all their appeals."""
+    """An appeal's citizen (by keyed ref), so that their choices hold for all their appeals; returns
+    the ref if the event names it."""
     ref, case_no = envelope["data"].get("citizen_ref"), envelope["case_no"]
-    if envelope["type"] == "appeal_received" and ref and case_no and s.execute(
-            select(CaseCitizen.case_no).where(CaseCitizen.case_no == case_no)).first() is None:
+    if envelope["type"] != "appeal_received" or not ref or not case_no:
+        return None
+    if s.execute(select(CaseCitizen.case_no).where(CaseCitizen.case_no == case_no)).first() is None:
         s.execute(insert(CaseCitizen.__table__).values(case_no=case_no, citizen_ref=ref))
+    return ref
 
 
-def _citizen(s, case_no, policy):
-    ref = s.execute(select(CaseCitizen.citizen_ref).where(CaseCitizen.case_no == case_no)).scalar()
+def _citizen(s, case_no, policy, ref=None):
+    if ref is None:
+        ref = s.execute(select(CaseCitizen.citizen_ref).where(CaseCitizen.case_no == case_no)).scalar()
     preference = s.execute(select(CitizenPreference.channel, CitizenPreference.quiet_start,
                                   CitizenPreference.quiet_end)
                            .where(CitizenPreference.citizen_ref == ref)).first() if ref else None
@@ -250,11 +254,13 @@ def _occurred(envelope, now):
         return now
 
 
-def record_event(uow, consumer, envelope, rules, available=domain.CHANNELS, policy=None, now=None):
+def record_event(uow, consumer, envelope, rules, available=domain.CHANNELS, policy=None, now=None,
+                 templates=content.templates, done=None):
     """Reserve the deliveries an event calls for, in one statement; returns the ids of those due now.
 
     At-least-once delivery of events: a redelivered event (same event_id) reserves nothing. The
-    citizen's ref and choices are read only for events that tell a citizen."""
+    citizen's ref and choices are read only for events that tell a citizen. Inbox notices are put
+    in the inbox in the same transaction (``done`` gets their (channel, status))."""
     now = now or _now()
     policy = policy or Policy()
     case_no = envelope["case_no"]
@@ -262,16 +268,21 @@ def record_event(uow, consumer, envelope, rules, available=domain.CHANNELS, poli
         if not uow.first_delivery(consumer, envelope["event_id"]):
             return []
         s = uow.session
-        _remember_citizen(s, envelope)
+        ref = _remember_citizen(s, envelope)
         citizen = Citizen(None)
         if case_no and any(rule.recipient == CITIZEN for rule in rules.get(envelope["type"], ())):
-            citizen = _citizen(s, case_no, policy)
-        rows = []
-        for planned in domain.plan(rules, envelope, Directory(s), available, citizen.channel):
+            citizen = _citizen(s, case_no, policy, ref)
+        directory = Directory(s)
+        rows, posted = [], []
+        for planned in domain.plan(rules, envelope, directory, available, citizen.channel):
             lane = domain.lane_of(planned.recipient, planned.chain[0], citizen.ref or case_no)
             rows.append(_reservation(envelope, planned.recipient, planned.recipient_kind, planned.chain,
                                      planned.template, planned.context, planned.urgent, now, lane,
                                      citizen.quiet, planned.skip_reason))
+            if rows[-1]["channel"] == "inbox" and rows[-1]["status"] == PENDING:
+                message = _inbox_message(rows[-1], directory, policy, templates, now)
+                if message:
+                    posted.append(message)
         for subscriber in s.execute(select(Subscriber.id, Subscriber.event_types, Subscriber.unit_code)
                                     .order_by(Subscriber.created_at)):
             if domain.subscriber_wants(subscriber, envelope):
@@ -281,8 +292,36 @@ def record_event(uow, consumer, envelope, rules, available=domain.CHANNELS, poli
                                          domain.lane_of(recipient, "webhook")))
         if rows:
             s.execute(insert(D), rows)
+        if posted:
+            s.execute(insert(InboxMessage.__table__), posted)
+            s.execute(insert(A), [{"delivery_id": m["id"], "number": 1, "outcome": SENT, "error": None,
+                                   "started_at": now, "finished_at": now} for m in posted])
         uow.commit()
+    if done is not None:
+        done.extend(("inbox", SENT) for _ in posted)
     return [r["id"] for r in rows if r["status"] == PENDING and r["next_attempt_at"] <= now]
+
+
+def _inbox_message(row, directory, policy, templates, now):
+    """An inbox notice is a row of notify's own database: written in the transaction that reserves
+    it, it is there exactly once without a sender. Marks ``row`` sent and returns the message, or
+    None if it cannot be rendered here (it is then sent the usual way, and its error recorded)."""
+    entry = directory.get(row["recipient"].partition(":")[2])
+    address = domain.staff_address("inbox", entry)
+    if address.skip_reason:
+        return None
+    town = row["context"].get("town_code")
+    try:
+        values = domain.template_values({
+            "recipient_name": entry.unit_name, "town_name": _towns().get(town, town or "") if town else "",
+            **row["context"], "portal_url": policy.portal_url})
+        message = domain.render(templates(row["template"]), values, "inbox")
+    except Exception:
+        return None
+    row.update(status=SENT, sent_at=now, attempts=1, address=address.to, next_attempt_at=None)
+    return {"id": row["id"], "owner_code": address.to, "event_type": row["event_type"],
+            "case_no": row["case_no"], "subject": message.subject[:200], "text": message.text,
+            "urgent": row["urgent"], "created_at": now, "read_at": None}
 
 
 # --- 2. claim ----------------------------------------------------------------------------------------
@@ -365,11 +404,13 @@ def _claim_once(uow, policy, limit, lanes, lane, only, now):
 def _heads(s, found, probing, lanes, now):
     """Of the rows found, those at the head of their lanes; one per provider being probed; at most
     ``lanes`` lanes. Once a row of a lane is left out, so are the later ones of that lane."""
-    ids = [r.id for r in found]
-    # older rows of these lanes that were not found: in flight, or being claimed by another instance
-    ahead = dict(s.execute(select(D.c.lane, func.min(D.c.occurred_at)).where(
-        D.c.lane.in_({r.lane for r in found}), D.c.status == PENDING, D.c.next_attempt_at <= now,
-        D.c.occurred_at <= max(r.occurred_at for r in found), D.c.id.not_in(ids)).group_by(D.c.lane)).all())
+    ahead = {}
+    if s.get_bind().dialect.name != "sqlite":  # (on SQLite no one else is claiming right now)
+        # older rows of these lanes that were not found: being claimed by another instance
+        ahead = dict(s.execute(select(D.c.lane, func.min(D.c.occurred_at)).where(
+            D.c.lane.in_({r.lane for r in found}), D.c.status == PENDING, D.c.next_attempt_at <= now,
+            D.c.occurred_at <= max(r.occurred_at for r in found), D.c.id.not_in([r.id for r in found]))
+            .group_by(D.c.lane)).all())
     probe_free = set()
     wanted = probing & {r.provider for r in found}
     if wanted:  # one claimer probes: the provider's row, locked, and still due for its probe
@@ -636,7 +677,9 @@ def record_sent(uow, sent, now=None):
                                           claimed_until=None, updated_at=now, address=address)).rowcount
         s.execute(update(A).where(tuple_(A.c.delivery_id, A.c.number).in_([(c.id, c.attempts) for c, _ in sent]),
                                   A.c.outcome == "sending").values(outcome=SENT, finished_at=now))
-        s.execute(delete(P).where(P.c.name.in_({c.provider for c, _ in sent})))
+        probed = {c.provider for c, _ in sent if c.probe}
+        if probed:  # it answered: its lanes drain (one that went away after a claim has its own probe)
+            s.execute(delete(P).where(P.c.name.in_(probed)))
         uow.commit()
         mine = None
         if recorded != len(sent):  # a claim ran out and was taken over: its outcome is the other's

@@ -67,10 +67,12 @@ class NotifyService:
         return self.uow, self._outside(), self.policy, self._count
 
     def _notify(self, method_name, envelope):
+        done = []  # inbox notices, put in the inbox with their reservation
         if handlers.record_event(self.uow(), f"notify.{method_name}", envelope, self.rules,
-                                 handlers.available_channels(self.channels.channels), self.policy):
+                                 handlers.available_channels(self.channels.channels), self.policy, done=done):
             # reserved and committed: the senders go on after this handler returns (and acks the event)
             self.senders.wake(self._work())
+        self._count(done)
 
     def _deliver_now(self, delivery_id):
         try:

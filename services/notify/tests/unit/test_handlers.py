@@ -567,6 +567,19 @@ def test_the_unit_reads_its_inbox_and_marks_it_read(uow, db_url):
         handlers.inbox(uow, "dept-nowhere")
 
 
+def test_an_inbox_notice_is_put_in_the_inbox_with_its_reservation_once(uow):
+    case_no = new_case()
+    envelope = dispatched(case_no)
+    due = record(uow, envelope)
+    [notice] = rows(uow, case_no, channel="inbox")
+    assert notice.id not in due and (notice.status, notice.attempts, notice.address) == ("sent", 1, "dept-housing")
+    [message] = handlers.inbox(uow, "dept-housing")
+    assert (message["message_id"], message["subject"]) == (notice.id, f"【派单通知】工单 GD{case_no[2:]}：小区路灯不亮")
+    assert record(uow, envelope) == []  # the event again: nothing more
+    assert len(handlers.inbox(uow, "dept-housing")) == 1
+    assert [a["outcome"] for a in handlers.get_delivery(uow, notice.id)["attempt_log"]] == ["sent"]
+
+
 # --- replay and the staff directory -------------------------------------------------------------------
 
 def test_replay_sends_a_dead_delivery_again_with_the_same_id(uow):
