@@ -40,7 +40,8 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
 from marshmallow import ValidationError as SchemaError
-from sqlalchemy import delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy.exc import OperationalError
 
 from notify import content, domain
 from notify.domain import CITIZEN, FAILED, PENDING, SENT, SKIPPED, SUBSCRIBER
@@ -358,20 +359,8 @@ def _claim_once(uow, policy, limit, lanes, lane, only, now):
         health = s.execute(select(P.c.name, P.c.failures, P.c.retry_at)).all()
         held = [p.name for p in health if p.retry_at is not None and _aware(p.retry_at) > now]
         probing = {p.name for p in health if p.failures and p.name not in held}
-        inflight = D.alias("inflight")
-        query = (select(D).where(
-            D.c.status == PENDING, D.c.next_attempt_at <= now,
-            or_(D.c.claimed_until.is_(None), D.c.claimed_until < now),
-            ~exists().where(inflight.c.lane == D.c.lane, inflight.c.status == PENDING,
-                            inflight.c.claimed_until >= now))
-            .order_by(D.c.occurred_at, D.c.id).limit(limit).with_for_update(skip_locked=True))
-        if held:
-            query = query.where(D.c.provider.not_in(held))
-        if lane is not None:
-            query = query.where(D.c.lane == lane)
-        if only is not None:
-            query = query.where(D.c.id == only)
-        found = s.execute(query).all()
+        found = s.execute(_due_query(bool(held), lane is not None, only is not None),
+                          {"now": now, "limit": limit, "held": held, "lane": lane, "only": only}).all()
         more = len(found) >= limit
         if not found:
             return [], 0, more
@@ -399,6 +388,26 @@ def _claim_once(uow, policy, limit, lanes, lane, only, now):
             claims = [_claim(r, lease, staff, subscribers, r.provider in probes) for r in keep]
         uow.commit()
     return claims, heads - len(keep), more or len(keep) < len(found)
+
+
+@lru_cache(maxsize=None)
+def _due_query(held, lane, only):
+    """Due rows, oldest first, none of a lane with something in flight; built once per shape (the
+    claim runs for every batch)."""
+    now, inflight = bindparam("now"), D.alias("inflight")
+    query = (select(D).where(
+        D.c.status == PENDING, D.c.next_attempt_at <= now,
+        or_(D.c.claimed_until.is_(None), D.c.claimed_until < now),
+        ~exists().where(inflight.c.lane == D.c.lane, inflight.c.status == PENDING,
+                        inflight.c.claimed_until >= now))
+        .order_by(D.c.occurred_at, D.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True))
+    if held:
+        query = query.where(D.c.provider.not_in(bindparam("held", expanding=True)))
+    if lane:
+        query = query.where(D.c.lane == bindparam("lane"))
+    if only:
+        query = query.where(D.c.id == bindparam("only"))
+    return query
 
 
 def _heads(s, found, probing, lanes, now):
@@ -708,6 +717,19 @@ def release(uow, claims, now=None):
         uow.commit()
 
 
+def _persist(write, *args, tries=3, pause=0.25):
+    """Record what a sender knows (sent, failed, given back) through a moment's trouble with the
+    database (restarting, out of connections): tried again after a short pause. If it still fails
+    the claim runs out and the sweep sends again, with the same delivery id."""
+    for n in range(tries):
+        try:
+            return write(*args)
+        except OperationalError:
+            if n == tries - 1:
+                raise
+            time.sleep(pause * (n + 1))
+
+
 def send_claims(uow, claims, outside, policy, stopping=lambda: False, now=_now):
     """Send one lane's claims in order, recording sends ``policy.record_every`` at a time and any
     other outcome at once; a fallback reserved on the way is sent right after. Stops (and gives the
@@ -717,7 +739,7 @@ def send_claims(uow, claims, outside, policy, stopping=lambda: False, now=_now):
 
     def flush():
         if sent:
-            done.extend(record_sent(uow, sent))
+            done.extend(_persist(record_sent, uow, sent))
             sent.clear()
 
     def gate(claim):
@@ -727,7 +749,7 @@ def send_claims(uow, claims, outside, policy, stopping=lambda: False, now=_now):
         half = timedelta(seconds=policy.claim_seconds / 2) if i else timedelta(0)
         if stopping() or now() >= claim.lease - half:
             flush()
-            release(uow, claims[i:])
+            _persist(release, uow, claims[i:])
             break
         outcome = attempt(claim, outside, policy, before_send=gate)
         if outcome.status == SENT:
@@ -739,12 +761,12 @@ def send_claims(uow, claims, outside, policy, stopping=lambda: False, now=_now):
         if outcome.status == SUPERSEDED:
             done.append((claim.channel, None))
             continue
-        recorded = record_outcome(uow, claim, outcome, policy)
+        recorded = _persist(record_outcome, uow, claim, outcome, policy)
         done.append((claim.channel, recorded.status))
         if recorded.fallback_id:
             done += deliver(uow, recorded.fallback_id, outside, policy)
         if outcome.status == PROVIDER_DOWN:
-            release(uow, claims[i + 1:])  # they wait in their lane for the provider's probe
+            _persist(release, uow, claims[i + 1:])  # they wait in their lane for the provider's probe
             break
     flush()
     return done

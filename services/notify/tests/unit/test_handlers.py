@@ -473,6 +473,24 @@ def uow_copy(uow):
     return UnitOfWork(uow._session_factory, metadata, "notify")
 
 
+def test_a_sender_records_its_sends_through_a_moment_of_database_trouble(uow, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+    case_no = new_case()
+    [delivery_id] = record(uow, received(case_no))
+    claims = handlers.claim_due(uow, FAST)
+    real, failures = handlers.record_sent, []
+
+    def out_of_connections_once(*args):
+        if not failures:
+            failures.append(1)
+            raise OperationalError("connect", {}, Exception("FATAL: sorry, too many clients already"))
+        return real(*args)
+    monkeypatch.setattr(handlers, "record_sent", out_of_connections_once)
+    out = outside(Contacts({case_no: CITIZEN}))
+    assert handlers.send_claims(uow, claims, out, FAST) == [("email", "sent")]
+    assert handlers.get_delivery(uow, delivery_id)["status"] == "sent"  # not left to run out and resend
+
+
 # --- preferences and quiet hours ----------------------------------------------------------------------
 
 def test_preferences_put_a_channel_first_and_hold_news_in_quiet_hours(uow):
