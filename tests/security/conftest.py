@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from wuji_common.local_platform import Mailbox, Platform
-from wuji_common.testing_helpers import eventually, http_json, rpc_as_role
+from wuji_common.testing_helpers import eventually, http_json, rpc_as_role, wait_until_answering
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,7 @@ def secured(amqp_vhost, tmp_path_factory):
     try:
         platform.prepare()
         platform.start()
+        wait_until_answering(platform.amqp_uri)
         yield platform
     finally:
         platform.stop()
