@@ -46,7 +46,7 @@ def run_platform(vhost_uri, tmp_path, mailbox):
             platform.start(wait=False)
             started.append(platform)
         for platform in platforms:
-            platform.wait_ready(*SERVICES, timeout=120)
+            platform.wait_ready(*SERVICES, timeout=120, rpc_consumers=instances)
         return platforms
 
     yield run

@@ -188,8 +188,9 @@ class Platform:
         if wait:
             self.wait_ready(*(services or SERVICES))
 
-    def wait_ready(self, *services, timeout=60):
-        """Until every service's metrics port (and intake's API) answers; raises if one exits."""
+    def wait_ready(self, *services, timeout=60, rpc_consumers=1):
+        """Until every service's metrics port (and intake's API) answers and its RPC queue has
+        ``rpc_consumers`` consumers; raises if one exits."""
         deadline = time.monotonic() + timeout
         pending = {s: self.metrics_ports[s] for s in services}
         if "intake" in services:
@@ -204,7 +205,25 @@ class Platform:
             time.sleep(0.1)
         if pending:
             raise RuntimeError(f"not answering after {timeout}s: {', '.join(pending)}")
-        time.sleep(1.0)  # consumers attach just after the ports open
+        # the ports open before nameko attaches the consumers, and on a busy machine seconds
+        # can pass in between (callers then saw UnknownService): wait for the RPC consumers
+        waiting = list(services)
+        while waiting and time.monotonic() < deadline:
+            waiting = [s for s in waiting if self.rpc_consumers(s) < rpc_consumers]
+            if waiting:
+                time.sleep(0.2)
+        if waiting:
+            raise RuntimeError(f"no RPC consumer after {timeout}s: {', '.join(waiting)}")
+        time.sleep(0.2)  # event consumers attach with the RPC one, in the same container start
+
+    def rpc_consumers(self, service):
+        """How many consumers nameko's RPC queue of ``service`` has (0 while it does not exist)."""
+        from kombu import Connection
+        with Connection(self.amqp_uri) as conn:
+            try:
+                return conn.default_channel.queue_declare(f"rpc-{service}", passive=True).consumer_count
+            except conn.channel_errors:
+                return 0
 
     def exited(self):
         """Services whose process has ended, with their exit codes."""
