@@ -181,6 +181,8 @@ def start_profilers(platform, directory):
     """py-spy sampling each service process (CPU samples only), raw collapsed stacks per service."""
     import shutil
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():   # a profiling aid only, so not among the project's requirements
+        sys.exit("--profile needs py-spy: .venv/bin/pip install py-spy")
     directory.mkdir(parents=True, exist_ok=True)
     return [subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
                               "--nonblocking", "--output", str(directory / f"{name}.txt")],
