@@ -257,3 +257,13 @@ def test_rotated_signing_key_keeps_old_tokens_until_the_old_key_is_retired(tmp_p
     verifier.verify(new_token)
     with pytest.raises(Unauthenticated, match="unknown key"):
         verifier.verify(old_token)
+
+
+def test_admin_token_is_refused_where_the_deployment_does_not_allow_it(tmp_path):
+    keys = auth.KeyDirectory(tmp_path)
+    keys.rotate()
+    admin, _ = auth.issue_token(keys.signing_key(), "staff:root", "admin")
+    public = auth.load_public_keys(keys.public_jwks_text())
+    with pytest.raises(Unauthenticated, match="administrator"):
+        auth.Verifier(public).verify(admin)          # the shipped deployments: off by default
+    assert auth.Verifier(public, allow_admin=True).verify(admin).role == "admin"

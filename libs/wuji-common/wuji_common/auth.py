@@ -58,7 +58,8 @@ ROLES = (
     "ops",              # 运维: failed deliveries, replay, rebuilds, taxonomy reload
     "service",          # a platform service calling another one ("service:<name>")
     "admin",            # platform administrator: every RPC (imports, the walkthrough, test suites);
-                        # issue sparingly and short-lived
+                        # accepted only where WUJI_AUTH_ALLOW_ADMIN=1 (local runs and tests, never
+                        # the shipped deployments: MLPS 2.0 wants no all-powerful account in production)
 )
 # roles whose tokens must name their scope
 SCOPE_CLAIMS = {"grid_worker": "unit", "unit_clerk": "unit", "unit_head": "unit", "force": "force"}
@@ -303,10 +304,11 @@ class Verifier:
     """Checks a token's signature (by ``kid``), issuer, expiry and revocation; returns the Caller.
     Plain code: no nameko. ``is_revoked(jti)`` is asked on every call (a revocation applies at once)."""
 
-    def __init__(self, public_keys, is_revoked=None, leeway=5):
+    def __init__(self, public_keys, is_revoked=None, leeway=5, allow_admin=False):
         self.public_keys = dict(public_keys)
         self.is_revoked = is_revoked or (lambda jti: False)
         self.leeway = leeway
+        self.allow_admin = allow_admin
 
     def claims(self, token):
         import jwt
@@ -338,6 +340,8 @@ class Verifier:
         scope = SCOPE_CLAIMS.get(claims["role"])
         if scope and not claims.get(scope):
             raise Unauthenticated(f"a {claims['role']} token must name its {scope}")
+        if claims["role"] == "admin" and not self.allow_admin:
+            raise Unauthenticated("administrator tokens are not accepted here (WUJI_AUTH_ALLOW_ADMIN)")
         if self.is_revoked(claims["jti"]):
             raise Unauthenticated("token revoked")
         return caller_from_claims(claims, source)
@@ -439,13 +443,16 @@ class CurrentCaller(DependencyProvider):
     (the service's ``revoked_tokens`` table, if its database has one).
 
     Config: ``AUTH_PUBLIC_KEYS`` (else ``$WUJI_AUTH_PUBLIC_KEYS``): the JWK set of the issuer's
-    public keys. Without keys every token is refused (fail closed).
+    public keys. Without keys every token is refused (fail closed). ``AUTH_ALLOW_ADMIN`` (else
+    ``$WUJI_AUTH_ALLOW_ADMIN``): accept the ``admin`` role; off unless set.
     """
 
     def setup(self):
         self.public_keys = load_public_keys(
             _config(self.container.config, "AUTH_PUBLIC_KEYS", "WUJI_AUTH_PUBLIC_KEYS"))
-        self.verifier = Verifier(self.public_keys, self._is_revoked)
+        allow_admin = _config(self.container.config, "AUTH_ALLOW_ADMIN", "WUJI_AUTH_ALLOW_ADMIN")
+        self.verifier = Verifier(self.public_keys, self._is_revoked,
+                                 allow_admin=str(allow_admin).lower() in ("1", "true", "yes"))
         self._database = None
 
     def _revocation_table(self):

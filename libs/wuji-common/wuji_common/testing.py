@@ -45,6 +45,7 @@ def as_caller(token):
 
 
 os.environ["WUJI_AUTH_PUBLIC_KEYS"] = json.dumps({"keys": [_TEST_PUBLIC]})
+os.environ["WUJI_AUTH_ALLOW_ADMIN"] = "1"   # the suites act as many units at once (ADMIN_TOKEN)
 for _service in ("intake", "triage", "enforcement", "notify", "metrics"):
     os.environ[f"WUJI_SERVICE_TOKEN_{_service.upper()}"] = issue_test_token(
         "service", f"service:{_service}", ttl_seconds=86400)
