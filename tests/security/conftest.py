@@ -1,34 +1,18 @@
 """Fixtures of the security suite: the five services as processes (SQLite, one platform per test
 module, to bound the time); tests call them with tokens of each kind of caller
 (``wuji_common.testing_helpers.rpc_as`` / ``rpc_as_role``)."""
-import uuid
 
 import pytest
 
-from wuji_common.local_platform import Mailbox, Platform
-from wuji_common.testing_helpers import eventually, http_json, rpc_as_role, wait_until_answering
+from wuji_common.testing import running_platform
+from wuji_common.testing_helpers import eventually, http_json, rpc_as_role
 
 
 @pytest.fixture(scope="module")
 def secured(amqp_vhost, tmp_path_factory):
     """The platform as processes on a vhost and SQLite databases of this module's own."""
-    from wuji_common.testing import AMQP_HOST, _rabbitmqctl
-    tmp = tmp_path_factory.mktemp("security")
-    vhost = f"{amqp_vhost}-sec-{uuid.uuid4().hex[:6]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    mailbox = Mailbox(tmp).start()
-    platform = Platform(f"{AMQP_HOST}/{vhost}", Platform.sqlite_urls(tmp), tmp / "log", env=mailbox.env())
-    platform.mailbox = mailbox
-    try:
-        platform.prepare()
-        platform.start()
-        wait_until_answering(platform.amqp_uri)
+    with running_platform(amqp_vhost, tmp_path_factory.mktemp("security"), "sec") as platform:
         yield platform
-    finally:
-        platform.stop()
-        mailbox.stop()
-        _rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="module")

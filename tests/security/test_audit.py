@@ -24,7 +24,7 @@ from wuji_common import audit
 from wuji_common.auth import Caller
 from wuji_common.db import UnitOfWork, make_engine, session_factory
 from wuji_common.errors import Forbidden
-from wuji_common.local_platform import Mailbox, Platform
+from wuji_common.testing import running_platform
 from wuji_common.migrations import upgrade
 from wuji_common.testing_helpers import eventually, http_json, rpc_as_role
 
@@ -188,22 +188,9 @@ def test_callers_without_a_unit_or_oversight_cannot_read_the_log(intake_uow, rol
 
 @pytest.fixture(scope="module")
 def platform(amqp_vhost, tmp_path_factory):
-    from wuji_common.testing import AMQP_HOST, _rabbitmqctl
-    tmp = tmp_path_factory.mktemp("audit")
-    vhost = f"{amqp_vhost}-audit-{uuid.uuid4().hex[:6]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    mailbox = Mailbox(tmp).start()
-    p = Platform(f"{AMQP_HOST}/{vhost}", Platform.sqlite_urls(tmp), tmp / "log",
-                 env={**mailbox.env(), "OPEN311_API_KEYS": f"audit-test:{OPEN311_KEY}"})
-    try:
-        p.prepare()
-        p.start()
+    with running_platform(amqp_vhost, tmp_path_factory.mktemp("audit"), "audit",
+                          env={"OPEN311_API_KEYS": f"audit-test:{OPEN311_KEY}"}) as p:
         yield p
-    finally:
-        p.stop()
-        mailbox.stop()
-        _rabbitmqctl("delete_vhost", vhost)
 
 
 def appeal(title, town="370404101", email=None, anonymous=False):

@@ -16,7 +16,8 @@ import uuid
 import pytest
 from kombu import Connection, Exchange, Queue
 
-from wuji_common.local_platform import SERVICES, Mailbox, Platform
+from wuji_common.local_platform import SERVICES
+from wuji_common.testing import running_platform
 from wuji_common.testing_helpers import eventually, http_json, rpc_as_role
 
 PEOPLE = [
@@ -32,22 +33,8 @@ SECRETS = [value for person in PEOPLE for value in person.values()]
 
 @pytest.fixture(scope="module")
 def run(amqp_vhost, tmp_path_factory):
-    from wuji_common.testing import AMQP_HOST, _rabbitmqctl
-    tmp = tmp_path_factory.mktemp("pii")
-    vhost = f"{amqp_vhost}-pii-{uuid.uuid4().hex[:6]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    mailbox = Mailbox(tmp).start()
-    platform = Platform(f"{AMQP_HOST}/{vhost}", Platform.sqlite_urls(tmp), tmp / "log", env=mailbox.env())
-    platform.vhost, platform.mailbox = vhost, mailbox
-    try:
-        platform.prepare()
-        platform.start()
+    with running_platform(amqp_vhost, tmp_path_factory.mktemp("pii"), "pii") as platform:
         yield platform
-    finally:
-        platform.stop()
-        mailbox.stop()
-        _rabbitmqctl("delete_vhost", vhost)
 
 
 def exchanges(vhost):

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import uuid
+from contextlib import contextmanager
 
 import pytest
 from nameko.standalone import rpc as standalone_rpc
@@ -68,6 +69,30 @@ standalone_rpc.StandaloneProxyBase.__init__ = _init_with_admin_token
 
 def _rabbitmqctl(*args):
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextmanager
+def running_platform(amqp_vhost, folder, label, env=None, mailbox=True):
+    """The five services as processes on a vhost of their own (named after ``amqp_vhost`` and
+    ``label``) and SQLite databases under ``folder``, with a local mailbox unless ``mailbox=False``;
+    yields the started Platform (``.vhost``, ``.mailbox``) and stops everything afterwards."""
+    from wuji_common.local_platform import Mailbox, Platform
+    vhost = f"{amqp_vhost}-{label}-{uuid.uuid4().hex[:6]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    box = Mailbox(folder).start() if mailbox else None
+    platform = Platform(f"{AMQP_HOST}/{vhost}", Platform.sqlite_urls(folder), folder / "log",
+                        env={**(box.env() if box else {}), **(env or {})})
+    platform.vhost, platform.mailbox = vhost, box
+    try:
+        platform.prepare()
+        platform.start()
+        yield platform
+    finally:
+        platform.stop()
+        if box:
+            box.stop()
+        _rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")

@@ -106,28 +106,3 @@ def rpc_as_role(amqp_uri, role, **scope):
     from wuji_common.testing import issue_test_token
     with rpc_as(amqp_uri, issue_test_token(role, **scope)) as rpc:
         yield rpc
-
-
-PROBES = {"intake": ("get_appeal", "YC0"), "triage": ("get_order", "GD0"),
-          "enforcement": ("get_operation", "OP0"), "notify": ("deliveries", "YC0"),
-          "metrics": ("event_count",)}
-
-
-def wait_until_answering(amqp_uri, services=tuple(PROBES), timeout=90):
-    """Until each service takes RPC calls: its consumer attaches a moment after its ports open
-    (longer on a busy machine). A typed error is an answer too."""
-    deadline = time.monotonic() + timeout
-    from nameko.exceptions import UnknownService
-    with rpc_as_role(amqp_uri, "admin") as rpc:
-        for service in services:
-            method, *args = PROBES[service]
-            while True:
-                try:
-                    getattr(getattr(rpc, service), method)(*args)
-                    break
-                except UnknownService:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-                except Exception:  # noqa: BLE001  (NotFound and the like: it answered)
-                    break
