@@ -20,8 +20,12 @@ jieba word uni+bigrams as a third view made no difference in cross-validation of
 points, bigrams less) but cost ~80 MB of RSS, ~0.8 s of load time and 0.6–2 ms of CPU per message
 (its dictionary and Python segmenter: the single-message rate would fall below 1,000/s), so the
 model does without them and without jieba. Stacking NB-SVM with LinearSVC, LogisticRegression,
-ComplementNB, ridge or modified-Huber SGD gained at most 0.5 points in the screen; see bench/triage.py. Character n-grams are coded as integers (characters numbered by an alphabet
-learnt in training, four 15-bit digits per n-gram) and looked up in sorted arrays with numpy, which
+ComplementNB, ridge or modified-Huber SGD gained at most 0.5 points in the screen; see bench/triage.py.
+Per-label decision offsets, kNN, LSA, self-training on the unlabelled hotspot messages and other
+n-gram ranges did not help either (services/triage/README.md, *The classifier*, has the table).
+
+Character n-grams are coded as integers (characters numbered by an alphabet learnt in training,
+four 15-bit digits per n-gram) and looked up in sorted arrays with numpy, which
 keeps the model small in memory and a single classification well under a millisecond.
 
 The artifact holds only plain data (alphabet, n-gram codes, idf and weight arrays, metadata), not
