@@ -2,6 +2,12 @@
 services on PostgreSQL, next to the raw RabbitMQ publish→consume rate measured in the same run.
 
     .venv/bin/python bench/pipeline.py [--appeals 3000] [--concurrency 32] [--raw-messages 20000]
+                                       [--workload varied|same]
+
+The appeals are real citizen messages from ../shared/data/appeals-train.csv, in every town and
+village and on every channel, one in ten from someone who wrote before (``varied``, the default);
+``--workload same`` sends one message about one street lamp from everyone in one village, the worst
+case: a single mass hot spot that every appeal joins.
 
 Prints, in order:
 1. raw broker: 1 KB persistent messages to a durable queue, publisher confirms collected per window,
@@ -113,16 +119,56 @@ APPEAL = {
     "citizen": {"name": "王五", "phone": "13900000000"},
     "location": {"town_code": "370404101", "village": "370404101201"},
 }
+CHANNELS = ("wechat", "web", "hotline", "walk_in", "grid_patrol", "video")
+TRAIN_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "appeals-train.csv"
 
 
-def driver(api_port, count, concurrency, rate, out):
-    """Submit ``count`` appeals from ``concurrency`` threads with keep-alive connections; closed loop
-    when ``rate`` is None, else paced at ``rate``/s. Results go to the file ``out`` (JSON)."""
+def workload(kind, count, people_from=0):
+    """The appeals to submit, in order.
+
+    ``varied`` (default): real citizen messages (the shared training file, cut to intake's limits) in
+    turn, each from another person (one in ten writes again, a repeat; people are numbered from
+    ``people_from``, so that each run has people of its own), in every town and village of
+    the reference data and on every channel; what a district's day looks like.
+    ``same``: one message about one street lamp from ``count`` people in one village: a mass hot spot
+    (the worst case for the near-duplicate search and the hot-spot row all appeals join)."""
+    if kind == "same":
+        return [dict(APPEAL, citizen={"name": "王五", "phone": f"139{(people_from + n) % 10**8:08d}"})
+                for n in range(count)]
+    import csv
+    import random
+    from wuji_common import reference
+    towns = sorted(reference.towns())
+    villages = {t: sorted(v for v, d in reference.villages().items() if d["parent_code"] == t) for t in towns}
+    with open(TRAIN_CSV, encoding="utf-8") as f:
+        messages = [(r["subject"][:100] or "诉求", r["body"][:5000] or r["subject"]) for r in csv.DictReader(f)]
+    rnd = random.Random(7)
+    rnd.shuffle(messages)
+    appeals = []
+    for n in range(count):
+        title, content = messages[n % len(messages)]
+        town = towns[n % len(towns)]
+        location = {"town_code": town}
+        if villages[town] and n % 3:
+            location["village"] = rnd.choice(villages[town])
+        person = rnd.randrange(n) if n and n % 10 == 0 else n
+        appeals.append({"channel": CHANNELS[n % len(CHANNELS)], "title": title, "content": content,
+                        "citizen": {"name": "王五", "phone": f"139{(people_from + person) % 10**8:08d}"},
+                        "location": location})
+    return appeals
+
+
+def driver(api_port, count, concurrency, rate, out, kind="varied"):
+    """Submit ``count`` appeals of the ``kind`` of :func:`workload` from ``concurrency`` threads with
+    keep-alive connections; closed loop when ``rate`` is None, else paced at ``rate``/s. Results go
+    to the file ``out`` (JSON)."""
     import http.client
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     sent = {}
+    # each run's people are new: a run must not find the last run's appeals as repeats
+    appeals = workload(kind, count, people_from=int(time.time() * 1000) % 10**7 * 10)
     local = threading.local()
     began = time.time()
 
@@ -133,8 +179,7 @@ def driver(api_port, count, concurrency, rate, out):
                 time.sleep(delay)
         if not hasattr(local, "conn"):
             local.conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=60)
-        body = dict(APPEAL, citizen={"name": "王五", "phone": f"139{n % 10**8:08d}"})
-        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        payload = json.dumps(appeals[n], ensure_ascii=False).encode("utf-8")
         started = time.time()
         local.conn.request("POST", "/api/v1/appeals", payload, {"Content-Type": "application/json"})
         response = local.conn.getresponse()
@@ -197,7 +242,7 @@ def stop_profilers(profilers):
         proc.wait(timeout=60)
 
 
-def run_phase(platform, count, concurrency, rate=None, profile=None):
+def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varied"):
     from kombu import Connection, Exchange, Queue
     queue = f"bench-dispatched-{uuid.uuid4().hex[:6]}"
     with Connection(platform.amqp_uri) as conn:
@@ -220,7 +265,7 @@ def run_phase(platform, count, concurrency, rate=None, profile=None):
 
     profilers = start_profilers(platform, profile) if profile else []
     cpu_before = snapshot()
-    drv = mp.Process(target=driver, args=(platform.api_port, count, concurrency, rate, driven))
+    drv = mp.Process(target=driver, args=(platform.api_port, count, concurrency, rate, driven, kind))
     drv.start()
     drv.join()
     if drv.exitcode != 0:
@@ -260,6 +305,8 @@ def main():
     parser.add_argument("--raw-messages", type=int, default=20000)
     parser.add_argument("--latency-seconds", type=float, default=15)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each rate measurement (median)")
+    parser.add_argument("--workload", choices=("varied", "same"), default="varied",
+                        help="varied: real messages everywhere (default); same: one mass hot spot")
     parser.add_argument("--profile", type=Path, default=None,
                         help="directory: py-spy samples each service during the first maximum-rate "
                              "run (raw collapsed stacks, <service>.txt); needs py-spy")
@@ -284,19 +331,21 @@ def main():
 
         platform.prepare()
         platform.start()
-        run_phase(platform, min(500, args.appeals), args.concurrency)  # warm-up
-        runs = [run_phase(platform, args.appeals, args.concurrency, profile=args.profile if n == 0 else None)
+        run_phase(platform, min(500, args.appeals), args.concurrency, kind=args.workload)  # warm-up
+        runs = [run_phase(platform, args.appeals, args.concurrency, kind=args.workload,
+                          profile=args.profile if n == 0 else None)
                 for n in range(args.repeats)]
         runs.sort(key=lambda r: r["rate"])
         best = runs[len(runs) // 2]
         e2e = best["rate"]
-        print(f"end to end, submit → order_dispatched, {args.appeals} appeals × {args.repeats} runs, "
+        print(f"end to end, submit → order_dispatched, {args.appeals} {args.workload} appeals × {args.repeats} runs, "
               f"{args.concurrency} clients: median {e2e:,.1f} appeals/s  "
               f"(runs: {', '.join(format(r['rate'], ',.1f') for r in runs)}; missing {best['missing']})",
               flush=True)
 
         half = e2e / 2
-        paced = run_phase(platform, max(100, int(half * args.latency_seconds)), args.concurrency, rate=half)
+        paced = run_phase(platform, max(100, int(half * args.latency_seconds)), args.concurrency, rate=half,
+                          kind=args.workload)
         lat = paced["latencies"]
         p50, p99 = pct(lat, 50), pct(lat, 99)
         print(f"latency at half the maximum rate ({half:,.0f}/s, {paced['count']} appeals): "
@@ -314,7 +363,7 @@ def main():
         print(f"ratio end-to-end / raw broker: {e2e / raw_rate:.3f}")
         print(json.dumps({"e2e_per_s": round(e2e, 1), "raw_broker_per_s": round(raw_rate, 1),
                           "ratio": round(e2e / raw_rate, 4), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
-                          "cpu_ms_per_appeal": cpu_ms}, ensure_ascii=False))
+                          "cpu_ms_per_appeal": cpu_ms, "workload": args.workload}, ensure_ascii=False))
     finally:
         platform.stop()
         mailbox.stop()

@@ -81,6 +81,55 @@ def test_first_delivery_is_recorded_with_the_effect(db_url, amqp_uri):
         assert conn.execute(select(func.count()).select_from(notes)).scalar() == 1
 
 
+def test_first_deliveries_of_a_batch_keep_order_and_drop_what_was_seen(db_url, amqp_uri):
+    _, uow, _ = setup(db_url, amqp_uri)
+    consumer = "metrics.on_order_dispatched"
+    with uow() as u:
+        assert u.first_delivery(consumer, "e-2")
+        u.commit()
+    batch = [{"event_id": i} for i in ("e-3", "e-2", "e-4", "e-3")]
+    with uow() as u:
+        assert [e["event_id"] for e in u.first_deliveries(consumer, batch)] == ["e-3", "e-4"]
+        u.commit()
+    with uow() as u:  # another consumer has seen none of them
+        assert [e["event_id"] for e in u.first_deliveries("notify.on_order_dispatched", batch)] == \
+            ["e-3", "e-2", "e-4"]
+        assert u.first_deliveries(consumer, batch) == []
+
+
+def test_a_concurrent_duplicate_is_handled_once(db_url, amqp_uri):
+    """Two transactions get the same event at once: the second waits for the first and skips it
+    (PostgreSQL), or cannot start writing until the first is done (SQLite)."""
+    import threading
+    engine, uow, _ = setup(db_url, amqp_uri)
+    first, second = uow(), uow()
+    with first:
+        assert first.first_delivery("triage.on_appeal_received", "e-9")
+        first.session.execute(notes.insert().values(text="effect"))
+        outcome = []
+        if db_url.startswith("sqlite"):
+            first.commit()
+        else:
+            worker = threading.Thread(target=lambda: outcome.append(
+                _record_in(second, "triage.on_appeal_received", "e-9")))
+            worker.start()
+            worker.join(0.5)
+            assert worker.is_alive()  # waiting for the first transaction's outcome
+            first.commit()
+            worker.join(10)
+            assert outcome == [False]
+    assert _record_in(uow(), "triage.on_appeal_received", "e-9") is False
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(notes)).scalar() == 1
+
+
+def _record_in(unit_of_work, consumer, event_id):
+    with unit_of_work as u:
+        seen_first = u.first_delivery(consumer, event_id)
+        u.commit()
+        return seen_first
+
+
 def test_idempotency_key_recalls_the_first_result(db_url, amqp_uri):
     _, uow, _ = setup(db_url, amqp_uri)
     with uow() as u:

@@ -14,8 +14,9 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON, Column, DateTime, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
-    event, insert, select,
+    event, insert, select, text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
 
 from wuji_common.events import make_event
@@ -50,9 +51,8 @@ def make_engine(url, **kwargs):
 
         return engine
     if "poolclass" not in kwargs:
-        # a worker holds at most one connection, so bursts up to max_workers are covered by the
-        # overflow; few idle connections are kept, so that five services (and their replicas)
-        # stay well within PostgreSQL's default of 100 connections
+        # a service sizes its pool to its workers (dependencies.pool_settings); this default is for
+        # commands and tools, which hold one or two connections at a time
         kwargs.setdefault("pool_size", 4)
         kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("pool_pre_ping", True)
@@ -137,35 +137,50 @@ class UnitOfWork:
 
     # --- events in -------------------------------------------------------------------------------
     def first_delivery(self, consumer, event_id):
-        """True the first time ``consumer`` sees ``event_id``; records it in this transaction.
-        A concurrent duplicate loses on the primary key at commit and is retried, then dropped."""
-        seen = self.session.execute(
-            select(self._processed.c.event_id).where(
-                self._processed.c.consumer == consumer, self._processed.c.event_id == event_id)
-        ).first()
-        if seen:
-            return False
-        self.session.execute(insert(self._processed).values(
-            consumer=consumer, event_id=event_id, processed_at=utcnow()))
-        return True
+        """True the first time ``consumer`` sees ``event_id``; records it in this transaction."""
+        return bool(self._record_deliveries(consumer, [event_id]))
 
     def first_deliveries(self, consumer, envelopes):
         """The envelopes ``consumer`` sees for the first time (in order, each event id once), recorded
-        in this transaction: :meth:`first_delivery` for a batch, in two statements."""
+        in this transaction: :meth:`first_delivery` for a batch, in one statement."""
         fresh = {}
         for envelope in envelopes:
             fresh.setdefault(envelope["event_id"], envelope)
         if not fresh:
             return []
+        recorded = self._record_deliveries(consumer, list(fresh))
+        return [e for event_id, e in fresh.items() if event_id in recorded]
+
+    def _record_deliveries(self, consumer, event_ids):
+        """Insert ``(consumer, event_id)`` for each id not recorded yet; the set of those inserted.
+        One statement (INSERT … ON CONFLICT DO NOTHING RETURNING), not a look-up and an insert: a
+        concurrent transaction recording the same event makes this one wait for its outcome and
+        then skip the row, so exactly one of them handles the event."""
         p = self._processed
-        seen = set(self.session.execute(
-            select(p.c.event_id).where(p.c.consumer == consumer, p.c.event_id.in_(list(fresh)))).scalars())
-        new = [e for event_id, e in fresh.items() if event_id not in seen]
-        if new:
-            now = utcnow()
-            self.session.execute(insert(p), [
-                {"consumer": consumer, "event_id": e["event_id"], "processed_at": now} for e in new])
-        return new
+        dialect = self.session.get_bind().dialect.name
+        dml = postgresql if dialect == "postgresql" else sqlite if dialect == "sqlite" else None
+        now = utcnow()
+        rows = [{"consumer": consumer, "event_id": event_id, "processed_at": now} for event_id in event_ids]
+        if dml is None:  # another database: look up, then insert (a racing duplicate fails at commit)
+            seen = set(self.session.execute(select(p.c.event_id).where(
+                p.c.consumer == consumer, p.c.event_id.in_(event_ids))).scalars())
+            rows = [r for r in rows if r["event_id"] not in seen]
+            if rows:
+                self.session.execute(insert(p), rows)
+            return {r["event_id"] for r in rows}
+        statement = dml.insert(p).values(rows).on_conflict_do_nothing().returning(p.c.event_id)
+        return set(self.session.execute(statement).scalars())
+
+    # --- numbering ---------------------------------------------------------------------------------
+    def reserve_id(self, table):
+        """The next row id of ``table`` (its ``id`` serial) taken before the insert, on PostgreSQL,
+        so that a number built from it (case_no, order_no) goes into the INSERT itself; None on
+        SQLite, which has no sequence: the caller flushes the row and numbers it after. Saves an
+        UPDATE of a uniquely indexed column per row."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return None
+        return self.session.scalar(text("SELECT nextval(pg_get_serial_sequence(:table, 'id'))"),
+                                   {"table": table})
 
     # --- idempotent calls ------------------------------------------------------------------------
     def recall(self, operation, key):
@@ -187,3 +202,4 @@ class UnitOfWork:
 
 def session_factory(engine):
     return sessionmaker(engine, expire_on_commit=False)
+

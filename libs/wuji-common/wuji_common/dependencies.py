@@ -28,13 +28,26 @@ from wuji_common.relay import BatchPublisher, OutboxRelay
 log = logging.getLogger(__name__)
 
 
+def pool_settings(config, max_workers, extra=2):
+    """The connection pool of a service database: as many kept connections as can be busy at once
+    (``DB_POOL_SIZE``, default ``max_workers`` + ``extra``), a few more for bursts (``DB_MAX_OVERFLOW``,
+    default 4); nothing for SQLite, which has no server to connect to."""
+    if str(config["DB_URL"]).startswith("sqlite"):
+        return {}
+    return {"pool_size": int(config.get("DB_POOL_SIZE", max_workers + extra)),
+            "max_overflow": int(config.get("DB_MAX_OVERFLOW", 4))}
+
+
 class Database(DependencyProvider):
     """Unit of work + transactional outbox relay for one service database.
 
-    Config: ``DB_URL``; ``OUTBOX_POLL_SECONDS`` (default 1) for rows left by a crash or another
-    instance; a commit that emitted events wakes the relay, which waits ``OUTBOX_LINGER_MS``
-    (default 2) for the commits right behind it, so that one claim and one confirm window carry
-    them all.
+    Config: ``DB_URL``; ``DB_POOL_SIZE`` (PostgreSQL connections kept open; default ``max_workers``
+    + 2, so that every worker and the relay keep theirs: a pool smaller than that closes and opens a
+    connection per transaction under load, and PostgreSQL forks a backend for each) and
+    ``DB_MAX_OVERFLOW`` (default 4, for the odd burst beyond); ``OUTBOX_POLL_SECONDS`` (default 1)
+    for rows left by a crash or another instance; a commit that emitted events wakes the relay,
+    which waits ``OUTBOX_LINGER_MS`` (default 2) for the commits right behind it, so that one claim
+    and one confirm window carry them all.
     """
 
     def __init__(self, metadata):
@@ -42,7 +55,7 @@ class Database(DependencyProvider):
 
     def setup(self):
         config = self.container.config
-        self.engine = make_engine(config["DB_URL"])
+        self.engine = make_engine(config["DB_URL"], **pool_settings(config, self.container.max_workers))
         self.session_factory = session_factory(self.engine)
         self.source = self.container.service_name
         self.poll_seconds = float(config.get("OUTBOX_POLL_SECONDS", 1))

@@ -60,8 +60,10 @@ def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None, 
         now = now or _now()
         citizen = None if data["anonymous"] else data["citizen"]
         token = domain.new_tracking_token()
+        row_id = uow.reserve_id("appeals")  # the row id numbers the case
+        case_no = domain.case_no_for(now, row_id) if row_id else f"pending-{token[:20]}"
         appeal = Appeal(
-            case_no=f"pending-{token[:20]}", channel=data["channel"], title=data["title"],
+            id=row_id, case_no=case_no, channel=data["channel"], title=data["title"],
             content=data["content"], town_code=location["town_code"], village_code=village_code,
             lat=location.get("lat"), lon=location.get("lon"),
             attachments=json.dumps(data["attachments"]), anonymous=data["anonymous"],
@@ -71,8 +73,9 @@ def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None, 
             tracking_token_hash=domain.token_hash(token), status="received",
             received_at=now, updated_at=now)
         s.add(appeal)
-        s.flush()  # the row id numbers the case
-        appeal.case_no = domain.case_no_for(now, appeal.id)
+        if row_id is None:  # no sequence (SQLite): the row's id once it is inserted
+            s.flush()
+            appeal.case_no = domain.case_no_for(now, appeal.id)
         if citizen or location.get("address"):
             s.add(CitizenContact(
                 case_no=appeal.case_no, name=citizen and citizen["name"], phone=citizen and citizen["phone"],

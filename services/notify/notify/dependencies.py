@@ -11,7 +11,7 @@ from notify.channels import (
 )
 from notify.models import metadata
 from wuji_common.db import make_engine
-from wuji_common.dependencies import BoundedRpcProxy, Database, MetricsExporter  # noqa: F401
+from wuji_common.dependencies import BoundedRpcProxy, Database, MetricsExporter, pool_settings  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ class Channels(DependencyProvider):
 
     def setup(self):
         c = self.container.config
-        # the inbox writes in a transaction of its own, outside the delivery's; a few connections do
-        pool = {} if c["DB_URL"].startswith("sqlite") else {"pool_size": 2, "max_overflow": 8}
-        self.inbox_engine = make_engine(c["DB_URL"], **pool)
+        # the inbox writes in a transaction of its own, outside the delivery's: a connection for
+        # each sender that may be writing at once (fewer would close and reopen them under load)
+        self.inbox_engine = make_engine(c["DB_URL"], **pool_settings(c, self.container.max_workers, extra=0))
         self.channels = {
             "inbox": InboxChannel(self.inbox_engine),
             "wechat": WechatChannel(

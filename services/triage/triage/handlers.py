@@ -258,15 +258,18 @@ def _open_order(uow, appeal, routing, now, previous=None, review_reason=None, la
     """A new work order for ``appeal`` as routed, with its deadlines: dispatched (and announced), or
     held for a dispatcher when ``review_reason`` says why."""
     s = uow.session
-    order = WorkOrder(order_no=f"pending-{uuid4().hex}", case_no=appeal.case_no,
+    row_id = uow.reserve_id("work_orders")  # the row id numbers the order
+    order_no = domain.order_no_for(now, row_id) if row_id else f"pending-{uuid4().hex}"
+    order = WorkOrder(id=row_id, order_no=order_no, case_no=appeal.case_no,
                       town_code=appeal.town_code, village_code=appeal.village_code,
                       status="pending_review" if review_reason else "dispatched", reopen_count=0,
                       previous_order_no=previous.order_no if previous else None,
                       review_reason=review_reason, classifier_label=label, enforcement_requested=False)
     _apply_routing(order, routing, now)
     s.add(order)
-    s.flush()  # the row id numbers the order
-    order.order_no = domain.order_no_for(now, order.id)
+    if row_id is None:  # no sequence (SQLite): the row's id once it is inserted
+        s.flush()
+        order.order_no = domain.order_no_for(now, order.id)
     if previous is not None:
         previous.successor_order_no = order.order_no
     if not review_reason:
