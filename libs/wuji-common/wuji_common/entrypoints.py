@@ -21,7 +21,7 @@ message goes to retry and dead-letter alone and the others are not held back.
 import logging
 from functools import partial
 
-import eventlet
+from eventlet.hubs import get_hub
 
 from kombu import Connection, Exchange, Queue
 from nameko import timer as nameko_timer
@@ -126,13 +126,16 @@ DEFAULT_BATCHES_IN_FLIGHT = 2
 
 class BatchQueueConsumer(QueueConsumer):
     """nameko's queue consumer (a connection of its own per container) with a prefetch big enough to
-    fill a batch: nameko's gives each queue ``max_workers`` unacked messages, which would cap a batch
-    at ten. Messages are handed to the entrypoint in the consumer's thread: the entrypoint only
-    queues them, it never blocks."""
+    fill every batch in flight: nameko's gives each queue ``max_workers`` unacked messages, which
+    would cap a batch at ten, and a prefetch of one batch would leave the other batches in flight
+    empty (the broker sends no more until the first batch is acked). Messages are handed to the
+    entrypoint in the consumer's thread: the entrypoint only queues them, it never blocks."""
 
     @property
     def prefetch_count(self):
-        return int(self.container.config.get("EVENT_BATCH_SIZE", DEFAULT_BATCH_SIZE))
+        config = self.container.config
+        return int(config.get("EVENT_BATCH_SIZE", DEFAULT_BATCH_SIZE)) * \
+            int(config.get("EVENT_BATCHES_IN_FLIGHT", DEFAULT_BATCHES_IN_FLIGHT))
 
     def handle_message(self, provider, body, message):
         provider.handle_message(body, message)
@@ -141,7 +144,8 @@ class BatchQueueConsumer(QueueConsumer):
 class BatchEventHandler(ReliableEventHandler):
     """A reliable event handler whose method takes a list of envelopes (oldest first).
 
-    Config: ``EVENT_BATCH_SIZE`` (default 100: the most events per call, and the queue's prefetch),
+    Config: ``EVENT_BATCH_SIZE`` (default 100: the most events per call; the queue's prefetch is
+    that times the batches in flight),
     ``EVENT_BATCH_LINGER_MS`` (default 3: how long the first event waits for others),
     ``EVENT_BATCHES_IN_FLIGHT`` (default 2 per handler: while they run, events pile up into the next
     batch, so batches grow with the load and stay small when it is light).
@@ -190,7 +194,10 @@ class BatchEventHandler(ReliableEventHandler):
             self._cancel_timer()
             self._start_batch()
         elif self._timer is None:
-            self._timer = eventlet.spawn_after(self.linger, self._linger_over)
+            # a hub timer, not a green thread: cancelling a green thread (eventlet's kill) switches
+            # to the hub, and deliveries coming in meanwhile started batches of their own, one of
+            # them empty
+            self._timer = get_hub().schedule_call_global(self.linger, self._linger_over)
 
     def _linger_over(self):
         self._timer = None
@@ -198,15 +205,17 @@ class BatchEventHandler(ReliableEventHandler):
             self._start_batch()
 
     def _cancel_timer(self):
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _take(self):
         batch, self._pending = self._pending[:self.batch_size], self._pending[self.batch_size:]
         return batch
 
     def _start_batch(self):
+        if not self._pending or self._in_flight >= self.max_in_flight:
+            return
         self._in_flight += 1
         # spawning may wait for a free worker: not in the consumer's thread
         self.container.spawn_managed_thread(partial(self._spawn, self._take()),

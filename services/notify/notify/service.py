@@ -1,7 +1,7 @@
 """notify service: entrypoints only. Each turns a message into a call of a plain handler.
 
-Events in (at-least-once; a duplicate event id is dropped, so each recipient is told once per
-channel): every event of the catalogue, for the rules (notify/data/rules.yml: who is told what, on
+Events in (at-least-once, in batches; a duplicate event id is dropped, so each recipient is told
+once per channel): every event of the catalogue, for the rules (notify/data/rules.yml: who is told what, on
 which channels in order) and for webhook subscribers (who chose event types over RPC).
 Each delivery is reserved before it is sent; see notify.handlers for retries, fallbacks, provider
 outages and crashes.
@@ -25,7 +25,7 @@ from notify.dependencies import (
 from wuji_common import audit, auth
 from wuji_common.audit import audited
 from wuji_common.auth import CurrentCaller, rpc
-from wuji_common.entrypoints import config_timer, event_handler
+from wuji_common.entrypoints import batch_event_handler, config_timer, event_handler
 from wuji_common.events import CATALOGUE
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,10 @@ class NotifyService:
     def _work(self):
         return self.uow, self._outside(), self.policy, self._count
 
-    def _notify(self, method_name, envelope):
+    def _notify(self, method_name, envelopes):
         done = []  # inbox notices, put in the inbox with their reservation
-        if handlers.record_event(self.uow(), f"notify.{method_name}", envelope, self.rules,
-                                 handlers.available_channels(self.channels.channels), self.policy, done=done):
+        if handlers.record_events(self.uow(), f"notify.{method_name}", envelopes, self.rules,
+                                  handlers.available_channels(self.channels.channels), self.policy, done=done):
             # reserved and committed: the senders go on after this handler returns (and acks the event)
             self.senders.wake(self._work())
         self._count(done)
@@ -188,11 +188,12 @@ class NotifyService:
 def _listener(source, event_type):
     method_name = f"on_{event_type}"
 
-    def handle(self, envelope):
-        self._notify(method_name, envelope)
+    def handle(self, envelopes):
+        self._notify(method_name, envelopes)
     handle.__name__ = handle.__qualname__ = method_name
     handle.__doc__ = f"{source}.{event_type}: the rules' notices and the subscribers' webhooks."
-    return event_handler(source, event_type)(handle)
+    # in batches: the events that arrived together are reserved in one transaction
+    return batch_event_handler(source, event_type)(handle)
 
 
 # one handler per event of the catalogue (queue evt-<source>-<type>--notify.on_<type>): rules and
