@@ -153,6 +153,12 @@ def event_caller(envelope):
     return Caller(f"service:{envelope.get('source') or 'unknown'}", "service", source="event")
 
 
+def record_event(uow, envelope):
+    """The audit row of one event's effect on an appeal, by the service that published the event:
+    for batch handlers, which record one per event of the batch in their single transaction."""
+    record(uow, event_caller(envelope), envelope["type"], "appeal", envelope.get("case_no"))
+
+
 # --- reading ------------------------------------------------------------------------------------
 
 def read(uow, caller, object_id=None, since=None, limit=100):

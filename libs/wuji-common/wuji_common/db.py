@@ -156,20 +156,10 @@ class UnitOfWork:
         One statement (INSERT … ON CONFLICT DO NOTHING RETURNING), not a look-up and an insert: a
         concurrent transaction recording the same event makes this one wait for its outcome and
         then skip the row, so exactly one of them handles the event."""
-        p = self._processed
-        dialect = self.session.get_bind().dialect.name
-        dml = postgresql if dialect == "postgresql" else sqlite if dialect == "sqlite" else None
-        now = utcnow()
+        p, now = self._processed, utcnow()
         rows = [{"consumer": consumer, "event_id": event_id, "processed_at": now} for event_id in event_ids]
-        if dml is None:  # another database: look up, then insert (a racing duplicate fails at commit)
-            seen = set(self.session.execute(select(p.c.event_id).where(
-                p.c.consumer == consumer, p.c.event_id.in_(event_ids))).scalars())
-            rows = [r for r in rows if r["event_id"] not in seen]
-            if rows:
-                self.session.execute(insert(p), rows)
-            return {r["event_id"] for r in rows}
-        statement = dml.insert(p).values(rows).on_conflict_do_nothing().returning(p.c.event_id)
-        return set(self.session.execute(statement).scalars())
+        return set(self.session.execute(
+            insert_unless_present(self.session, p, rows).returning(p.c.event_id)).scalars())
 
     # --- numbering ---------------------------------------------------------------------------------
     def reserve_id(self, table):
@@ -203,3 +193,10 @@ class UnitOfWork:
 def session_factory(engine):
     return sessionmaker(engine, expire_on_commit=False)
 
+
+def insert_unless_present(session, table, values, **conflict):
+    """``INSERT … ON CONFLICT DO NOTHING`` of ``values`` (a row or a list of rows) on the two databases
+    the platform runs on. For a row that two transactions may create at once: the second waits for
+    the first and skips the row, where a look-up and an insert would fail on the key."""
+    dml = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dml.insert(table).values(values).on_conflict_do_nothing(**conflict)

@@ -44,6 +44,7 @@ TOO_MANY = {"description": "too many requests from this address or for this phon
             "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
             "content": {"application/json": {"schema": "ApiError"}}}
 
+
 def _json(schema, description):
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 

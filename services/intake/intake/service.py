@@ -239,12 +239,9 @@ class IntakeService:
 
     # --- events: the order's progress, projected for the citizen -------------------------------
     def _project(self, envelopes, consumer):
-        handlers.apply_order_events(self.uow(), f"intake.{consumer}", envelopes, on_each=self._audit_event)
-
-    @staticmethod
-    def _audit_event(uow, envelope):
-        """The event's effect is audited as done by the service that published it."""
-        audit.record(uow, audit.event_caller(envelope), envelope["type"], "appeal", envelope["case_no"])
+        # each event's effect is audited as done by the service that published it
+        handlers.apply_order_events(self.uow(), f"intake.{consumer}", envelopes,
+                                    on_each=audit.record_event)
 
     @batch_event_handler("triage", "order_dispatched")
     def on_order_dispatched(self, envelopes):

@@ -13,14 +13,12 @@ from zoneinfo import ZoneInfo
 
 from marshmallow import ValidationError as SchemaError
 from sqlalchemy import and_, case, delete, func, insert, or_, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from metrics import domain
 from metrics.models import AppealFact, EventLog, OrderFact
 from metrics.schemas import KpiQuerySchema, KpiRowSchema
 from wuji_common import reference
-from wuji_common.db import utcnow
+from wuji_common.db import insert_unless_present, utcnow
 from wuji_common.errors import ValidationError
 
 log = logging.getLogger(__name__)
@@ -91,10 +89,9 @@ def _locked_facts(s, model, key_name, keys, now):
     """The fact rows of ``keys``, created if missing, locked for this transaction: concurrent events
     of one order (queues are consumed in parallel) queue up here, and each refold sees the events the
     others committed. SQLite serialises writers anyway, so its FOR UPDATE is a no-op."""
-    dialect_insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
     key = getattr(model, key_name)
-    s.execute(dialect_insert(model).values([{key_name: k, "updated_at": now} for k in keys])
-              .on_conflict_do_nothing(index_elements=[key_name]))
+    s.execute(insert_unless_present(s, model.__table__, [{key_name: k, "updated_at": now} for k in keys],
+                                    index_elements=[key_name]))
     facts = s.execute(select(model).where(key.in_(keys)).order_by(key).with_for_update()
                       .execution_options(populate_existing=True)).scalars()
     return {getattr(f, key_name): f for f in facts}

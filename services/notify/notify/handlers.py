@@ -41,7 +41,6 @@ from functools import lru_cache
 
 from marshmallow import ValidationError as SchemaError
 from sqlalchemy import bindparam, delete, func, insert, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from notify import content, domain
@@ -55,6 +54,7 @@ from notify.schemas import (
     SubscriberSchema, UnitContactInput, UnitContactSchema,
 )
 from wuji_common import reference
+from wuji_common.db import insert_unless_present
 from wuji_common.errors import InvalidTransition, NotFound, ValidationError
 
 log = logging.getLogger(__name__)
@@ -217,10 +217,8 @@ def _remember_citizens(s, envelopes):
     refs = {e["case_no"]: e["data"].get("citizen_ref") for e in envelopes
             if e["type"] == "appeal_received" and e["case_no"] and e["data"].get("citizen_ref")}
     if refs:
-        known = set(s.execute(select(CaseCitizen.case_no).where(CaseCitizen.case_no.in_(list(refs)))).scalars())
-        new = [{"case_no": c, "citizen_ref": r} for c, r in refs.items() if c not in known]
-        if new:
-            s.execute(insert(CaseCitizen.__table__), new)
+        s.execute(insert_unless_present(s, CaseCitizen.__table__,
+                                        [{"case_no": c, "citizen_ref": r} for c, r in refs.items()]))
     return refs
 
 
@@ -705,9 +703,7 @@ def _provider_for_update(s, name, now):
     away at the same moment: created with INSERT … ON CONFLICT DO NOTHING, then read FOR UPDATE, so
     the second waits for the first and counts its own failure on top (a plain insert failed on the
     key, and the lane's sender gave up with its claims in flight)."""
-    dml = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
-    s.execute(dml.insert(P).values(name=name, failures=0, down_since=now, updated_at=now)
-              .on_conflict_do_nothing())
+    s.execute(insert_unless_present(s, P, {"name": name, "failures": 0, "down_since": now, "updated_at": now}))
     return s.get(Provider, name, with_for_update=True, populate_existing=True)
 
 

@@ -1,8 +1,8 @@
 """notify service: entrypoints only. Each turns a message into a call of a plain handler.
 
 Events in (at-least-once, in batches; a duplicate event id is dropped, so each recipient is told
-once per channel): every event of the catalogue, for the rules (notify/data/rules.yml: who is told what, on
-which channels in order) and for webhook subscribers (who chose event types over RPC).
+once per channel): every event of the catalogue, for the rules (notify/data/rules.yml: who is told
+what, on which channels in order) and for webhook subscribers (who chose event types over RPC).
 Each delivery is reserved before it is sent; see notify.handlers for retries, fallbacks, provider
 outages and crashes.
 

@@ -191,12 +191,9 @@ def _location(s, town_code, village_code, reference=None):
     """The appeal's town (it must be one of ours) and its village if that lies in the town.
     ``reference`` (a dict) keeps the divisions read, for the next appeals of a batch."""
     codes = [town_code, village_code] if village_code else [town_code]
-    known = {} if reference is None else reference.setdefault("divisions", {})
-    missing = [c for c in codes if c not in known]
-    if missing:
-        rows = {d.code: d for d in s.execute(select(Division).where(Division.code.in_(missing))).scalars()}
-        known.update({c: rows.get(c) for c in missing})
-    found = {c: known[c] for c in codes if known[c] is not None}
+    found = _read_once({} if reference is None else reference.setdefault("divisions", {}), codes,
+                       lambda missing: {d.code: d for d in s.execute(
+                           select(Division).where(Division.code.in_(missing))).scalars()})
     town = found.get(town_code)
     if town is None or town.level != "town":
         raise ValidationError("appeal_received for an unknown town",
@@ -213,13 +210,20 @@ def _unit_lookup(s, reference=None):
     known = {} if reference is None else reference.setdefault("units", {})
 
     def lookup(codes):
-        missing = [c for c in dict.fromkeys(codes) if c not in known]
-        if missing:
-            rows = {u.code: domain.UnitRef(u.code, u.name, u.type)
-                    for u in s.execute(select(Unit).where(Unit.code.in_(missing))).scalars()}
-            known.update({c: rows.get(c) for c in missing})
-        return {c: known[c] for c in codes if known.get(c) is not None}
+        return _read_once(known, codes, lambda missing: {
+            u.code: domain.UnitRef(u.code, u.name, u.type)
+            for u in s.execute(select(Unit).where(Unit.code.in_(missing))).scalars()})
     return lookup
+
+
+def _read_once(known, keys, read):
+    """{key: row} of the ``keys`` that exist; ``read(missing)`` → {key: row} is asked only for keys
+    not in ``known`` (a dict kept by the caller, which remembers absent keys as None too)."""
+    missing = [k for k in dict.fromkeys(keys) if k not in known]
+    if missing:
+        rows = read(missing)
+        known.update({k: rows.get(k) for k in missing})
+    return {k: known[k] for k in keys if known[k] is not None}
 
 
 def _apply_routing(order, routing, now):
@@ -342,16 +346,12 @@ def _same_matter_before(s, router, index, appeal, item, signature, since=None, l
                            if (since is None or aware(a.received_at) >= since)
                            and (levels is None or a.reception_level in levels)][:EARLIER_LIMIT]
     else:  # a prolific petitioner: let the database filter before the limit
-        query = select(Appeal).where(Appeal.citizen_ref == appeal.citizen_ref,
-                                     Appeal.case_no != appeal.case_no,
-                                     Appeal.received_at <= appeal.received_at,
-                                     Appeal.town_code == appeal.town_code)
+        query = _earlier_appeals(appeal)
         if since is not None:
             query = query.where(Appeal.received_at >= since)
         if levels is not None:
             query = query.where(Appeal.reception_level.in_(levels))
-        earlier_appeals = s.execute(query.order_by(Appeal.received_at.desc())
-                                    .limit(EARLIER_LIMIT)).scalars().all()
+        earlier_appeals = s.execute(query.limit(EARLIER_LIMIT)).scalars().all()
     active = _active_orders(s, [a.case_no for a in earlier_appeals], memo)
     similarities = memo.setdefault("similarity", {})
     found = []
@@ -371,23 +371,23 @@ def _history(s, appeal, memo):
     """The person's earlier appeals in the town (a matter has a place: only the same town's appeals
     can be about it), most recent first — or None when there are more than EARLIER_LIMIT."""
     if "history" not in memo:
-        rows = s.execute(select(Appeal).where(
-            Appeal.citizen_ref == appeal.citizen_ref, Appeal.case_no != appeal.case_no,
-            Appeal.received_at <= appeal.received_at, Appeal.town_code == appeal.town_code)
-            .order_by(Appeal.received_at.desc()).limit(EARLIER_LIMIT + 1)).scalars().all()
+        rows = s.execute(_earlier_appeals(appeal).limit(EARLIER_LIMIT + 1)).scalars().all()
         memo["history"] = rows if len(rows) <= EARLIER_LIMIT else None
     return memo["history"]
 
 
+def _earlier_appeals(appeal):
+    """The query of the person's earlier appeals in the appeal's town, most recent first."""
+    return (select(Appeal).where(Appeal.citizen_ref == appeal.citizen_ref, Appeal.case_no != appeal.case_no,
+                                 Appeal.received_at <= appeal.received_at, Appeal.town_code == appeal.town_code)
+            .order_by(Appeal.received_at.desc()))
+
+
 def _active_orders(s, case_nos, memo):
     """{case_no: active order} in one query, not one per earlier appeal; remembered in ``memo``."""
-    known = memo.setdefault("orders", {})
-    missing = [c for c in case_nos if c not in known]
-    if missing:
-        found = {o.case_no: o for o in s.execute(select(WorkOrder).where(
-            WorkOrder.case_no.in_(missing), WorkOrder.status != "returned")).scalars()}
-        known.update({c: found.get(c) for c in missing})
-    return {c: known[c] for c in case_nos if known[c] is not None}
+    return _read_once(memo.setdefault("orders", {}), case_nos, lambda missing: {
+        o.case_no: o for o in s.execute(select(WorkOrder).where(
+            WorkOrder.case_no.in_(missing), WorkOrder.status != "returned")).scalars()})
 
 
 def _plain_similarity(a, b):

@@ -53,7 +53,7 @@ class TriageService:
         have arrived are routed together, in one transaction."""
         for routed in handlers.dispatch_appeals(self.uow(), self.router, "triage.on_appeal_received",
                                                 envelopes, index=self.near_duplicates,
-                                                on_each=self._audit_event):
+                                                on_each=audit.record_event):
             if routed is None:
                 metrics.EVENTS_DUPLICATE.labels(self.name, "triage.on_appeal_received").inc()
                 continue
@@ -85,11 +85,6 @@ class TriageService:
         """The unit of work of an event's effect, audited as done by the event's source service."""
         return audited(self.uow(), audit.event_caller(envelope), envelope["type"], "appeal",
                        envelope.get("case_no"))
-
-    @staticmethod
-    def _audit_event(uow, envelope):
-        """The audit row of one event of a batch, as ``_by_event`` writes it for a single one."""
-        audit.record(uow, audit.event_caller(envelope), envelope["type"], "appeal", envelope.get("case_no"))
 
     def _audited(self, action, object_type, object_id=None, reason=None):
         """The unit of work of a call that changes state: its commit writes the audit row."""
