@@ -102,8 +102,8 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
                 for e in envelopes]
     # CPU only, before the transaction: classification of the whole batch at once
     assessments = router.assess_many([(p["title"], p["content"]) for p in payloads])
-    signatures = [index.signature(p["title"], p["content"]) if index is not None else None
-                  for p in payloads]
+    signatures = index.signatures([(p["title"], p["content"]) for p in payloads]) if index is not None \
+        else [None] * len(payloads)
     now = now or domain.utcnow()
     results = [None] * len(envelopes)
     reference = {}  # divisions and units read for this batch (reference data: read once)

@@ -393,6 +393,13 @@ class AppealIndex:
     def signature(self, title, content):
         return self.index.signature(self.text_of(title, content))
 
+    def signatures(self, messages):
+        """:meth:`signature` of many (title, content) pairs, hashed together (a batch's appeals)."""
+        if not messages:
+            return []
+        sigs, ok = self.index.hasher.signatures([self.text_of(t, c) for t, c in messages])
+        return [sig if good else None for sig, good in zip(sigs, ok)]
+
     def similarity(self, signature, title, content):
         """How similar an appeal's text is to a signature (0 when either has nothing to compare)."""
         other = self.signature(title, content)
@@ -408,8 +415,10 @@ class AppealIndex:
                                 since=since.timestamp(), exclude=exclude)
 
     def remember(self, case_no, title, content, town_code, received_at, signature=None):
+        if case_no in self.index:
+            return False
         signature = self.signature(title, content) if signature is None else signature
-        if signature is None or case_no in self.index:
+        if signature is None:
             return False
         self.index.add(case_no, None, town_code, received_at.timestamp(), signature=signature)
         return True
@@ -422,3 +431,6 @@ class AppealIndex:
 
     def __len__(self):
         return len(self.index)
+
+    def __contains__(self, case_no):
+        return case_no in self.index

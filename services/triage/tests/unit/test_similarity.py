@@ -95,3 +95,14 @@ def test_a_query_only_looks_at_the_windows_it_asks_about_and_expiry_drops_old_wi
     assert sorted(index._windows) == [4] and [k for k, _ in index.query(BASE, 0.5)] == ["new"]
     index.compact()
     assert [k for k, _ in index.query(BASE, 0.5)] == ["new"] and index.window_seconds == 3600.0
+
+
+def test_an_appeal_index_hashes_a_batch_as_it_hashes_each_appeal():
+    from triage.similarity import AppealIndex
+    index = AppealIndex()
+    messages = [("路灯不亮", BASE), ("。", "，"), ("物业", "小区物业费上涨太多")]
+    batch = index.signatures(messages)
+    assert batch[1] is None and index.signature(*messages[1]) is None
+    for (title, content), signature in zip(messages[::2], batch[::2]):
+        assert (signature == index.signature(title, content)).all()
+    assert index.signatures([]) == []
