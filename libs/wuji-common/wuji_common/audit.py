@@ -109,12 +109,22 @@ def _who(caller):
             "source": (caller.source or "")[:64] or None}
 
 
+def entry(caller, action, object_type=None, object_id=None, reason=None, at=None):
+    """One audit row's values (for :func:`record_many`)."""
+    return {"at": at or datetime.now(timezone.utc), "action": action, "object_type": object_type,
+            "object_id": None if object_id is None else str(object_id)[:64],
+            "reason": reason[:500] if reason else None, **_who(caller)}
+
+
 def record(uow, caller, action, object_type=None, object_id=None, reason=None, at=None):
     """Add one audit row to the open unit of work (it commits with the rest)."""
-    uow.session.execute(insert(_table(uow)).values(
-        at=at or datetime.now(timezone.utc), action=action, object_type=object_type,
-        object_id=None if object_id is None else str(object_id)[:64],
-        reason=reason[:500] if reason else None, **_who(caller)))
+    record_many(uow, [entry(caller, action, object_type, object_id, reason, at)])
+
+
+def record_many(uow, entries):
+    """Add the rows of :func:`entry` to the open unit of work in one statement (a batch's work)."""
+    if entries:
+        uow.session.execute(insert(_table(uow)), entries)
 
 
 def audited(uow, caller, action, object_type=None, object_id=None, reason=None, only_with_events=False):

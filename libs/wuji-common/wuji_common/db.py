@@ -167,10 +167,18 @@ class UnitOfWork:
         so that a number built from it (case_no, order_no) goes into the INSERT itself; None on
         SQLite, which has no sequence: the caller flushes the row and numbers it after. Saves an
         UPDATE of a uniquely indexed column per row."""
+        ids = self.reserve_ids(table, 1)
+        return ids[0] if ids else None
+
+    def reserve_ids(self, table, count):
+        """:meth:`reserve_id` for ``count`` rows in one statement: a list of ids, or None on SQLite."""
         if self.session.get_bind().dialect.name != "postgresql":
             return None
-        return self.session.scalar(text("SELECT nextval(pg_get_serial_sequence(:table, 'id'))"),
-                                   {"table": table})
+        if count <= 0:
+            return []
+        return list(self.session.scalars(
+            text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"),
+            {"table": table, "count": count}))
 
     # --- idempotent calls ------------------------------------------------------------------------
     def recall(self, operation, key):
@@ -183,11 +191,27 @@ class UnitOfWork:
         ).first()
         return row[0] if row else None
 
+    def recall_many(self, operation, keys):
+        """{key: stored result} of the earlier calls among ``keys``: :meth:`recall` in one statement."""
+        keys = sorted({k for k in keys if k})
+        if not keys:
+            return {}
+        i = self._idempotency
+        return dict(self.session.execute(select(i.c.key, i.c.result).where(
+            i.c.operation == operation, i.c.key.in_(keys))).all())
+
     def remember(self, operation, key, result):
         if key:
-            self.session.execute(insert(self._idempotency).values(
-                operation=operation, key=key, result=result, created_at=utcnow()))
+            self.remember_many(operation, {key: result})
         return result
+
+    def remember_many(self, operation, results):
+        """Store ``{key: result}`` of calls made in this transaction, in one statement."""
+        if results:
+            now = utcnow()
+            self.session.execute(insert(self._idempotency), [
+                {"operation": operation, "key": key, "result": result, "created_at": now}
+                for key, result in results.items()])
 
 
 def session_factory(engine):

@@ -21,3 +21,5 @@ EVENTS_RETRIED = Counter("wuji_events_retried_total", "Failed event deliveries s
 EVENTS_DEAD_LETTERED = Counter("wuji_events_dead_lettered_total",
                                "Events moved to a dead-letter queue after their last retry",
                                ["service", "consumer"])
+GROUP_COMMIT_SIZE = Histogram("wuji_group_commit_size", "Calls written together in one transaction (group commit)",
+                              ["service", "writer"], buckets=(1, 2, 4, 8, 16, 32, 64, 128))

@@ -1,5 +1,6 @@
-"""intake's providers: its database (unit of work + outbox relay), the citizen hash key, and the
-Open311 settings with the service catalogue."""
+"""intake's providers: its database (unit of work + outbox relay), the writer that registers
+submitted appeals in group commits, the citizen hash key, and the Open311 settings with the service
+catalogue."""
 import logging
 import time
 from types import SimpleNamespace
@@ -7,13 +8,29 @@ from types import SimpleNamespace
 from nameko.extensions import DependencyProvider
 
 from intake.models import metadata
-from wuji_common.dependencies import BoundedRpcProxy, Database, MetricsExporter  # noqa: F401
+from wuji_common.dependencies import BoundedRpcProxy, Database, GroupCommit, MetricsExporter  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 
 def IntakeDatabase():
     return Database(metadata)
+
+
+class AppealWriter(GroupCommit):
+    """Registers submitted appeals (``handlers.Submission``) in group commits: the submissions that
+    arrive while one transaction is written go together into the next (``handlers.submit_appeals``).
+    Each caller is answered when its appeal is stored; a refused one (unknown town) fails alone.
+    Config as :class:`wuji_common.dependencies.GroupCommit`."""
+
+    def setup(self):
+        super().setup()
+        self.database = next(d for d in self.container.dependencies if isinstance(d, Database))
+
+    def write_batch(self, submissions):
+        from intake import handlers
+        unit_of_work = self.database.get_dependency(None)
+        return handlers.submit_appeals(unit_of_work(), submissions, self.container.config["CITIZEN_KEY"])
 
 
 class CitizenKey(DependencyProvider):

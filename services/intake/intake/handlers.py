@@ -3,6 +3,7 @@ idempotent (an idempotency key returns the first result) and atomic (data, timel
 together, or nothing does)."""
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -37,68 +38,130 @@ def load(schema, payload):
         raise ValidationError("请求参数有误", err.normalized_messages()) from None
 
 
+@dataclass
+class Submission:
+    """One appeal to register: its checked payload (:func:`check_submission`), its idempotency key,
+    and who submits it for the audit log (``audit``: (caller, action), or None when the caller's
+    unit of work writes the audit row itself, e.g. :func:`wuji_common.audit.audited`)."""
+    data: dict
+    idempotency_key: str | None = None
+    audit: tuple | None = None
+
+
+def check_submission(payload):
+    """The submitted appeal as data, or a ValidationError naming every field that is wrong."""
+    return load(submission_schema, payload)
+
+
 def submit_appeal(uow, payload, idempotency_key=None, citizen_key="", now=None, on_registered=None):
     """Register an appeal (一次登记). Returns case_no, tracking_token, status.
 
     ``on_registered(session, appeal)``, if given, adds a channel's own record (e.g. Open311's) in the
     same transaction, so that the appeal and that record exist together or not at all."""
-    data = load(submission_schema, payload)
+    submission = Submission(check_submission(payload), idempotency_key)
+    result = submit_appeals(uow, [submission], citizen_key, now, on_registered)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def submit_appeals(uow, submissions, citizen_key="", now=None, on_registered=None):
+    """Register several appeals in one transaction (group commit: the submissions that arrived
+    together). Returns, per submission in order, its result (case_no, tracking_token, status) or
+    the ValidationError that refused it; a refused one writes nothing, the others commit. An
+    idempotency key seen before, or twice in the batch, returns the first result."""
+    results = [None] * len(submissions)
     with uow:
-        earlier = uow.recall("submit_appeal", idempotency_key)
-        if earlier:
-            return earlier
         s = uow.session
-        location = data["location"]
-        town = _division(s, location["town_code"])
-        if town is None or town.level != "town":
-            raise ValidationError("请求参数有误", {"location": {"town_code": ["不是本区的镇街代码"]}})
-        village_code = location.get("village")
-        if village_code:
-            village = _division(s, village_code)
-            if village is None or village.parent_code != location["town_code"]:
-                raise ValidationError("请求参数有误", {"location": {"village": ["不是该镇街的村居代码"]}})
+        earlier = uow.recall_many("submit_appeal", [sub.idempotency_key for sub in submissions])
+        new, first_with_key = [], {}
+        for n, sub in enumerate(submissions):
+            key = sub.idempotency_key
+            if key and key in earlier:
+                results[n] = earlier[key]
+            elif key and key in first_with_key:
+                continue  # the same call twice in the batch: answered with the first, below
+            else:
+                try:
+                    _check_location(s, sub.data["location"])
+                except ValidationError as exc:
+                    results[n] = exc
+                    continue
+                new.append(n)
+                if key:
+                    first_with_key[key] = n
         now = now or _now()
-        citizen = None if data["anonymous"] else data["citizen"]
-        token = domain.new_tracking_token()
-        row_id = uow.reserve_id("appeals")  # the row id numbers the case
-        case_no = domain.case_no_for(now, row_id) if row_id else f"pending-{token[:20]}"
-        appeal = Appeal(
-            id=row_id, case_no=case_no, channel=data["channel"], title=data["title"],
-            content=data["content"], town_code=location["town_code"], village_code=village_code,
-            lat=location.get("lat"), lon=location.get("lon"),
-            attachments=json.dumps(data["attachments"]), anonymous=data["anonymous"],
-            hide_identity=data["hide_identity"], reception_level=data["reception_level"],
-            citizen_ref=domain.citizen_ref(citizen_key, citizen["phone"], citizen.get("id_number"))
-            if citizen else None,
-            tracking_token_hash=domain.token_hash(token), status="received",
-            received_at=now, updated_at=now)
-        s.add(appeal)
-        if row_id is None:  # no sequence (SQLite): the row's id once it is inserted
-            s.flush()
-            appeal.case_no = domain.case_no_for(now, appeal.id)
-        if citizen or location.get("address"):
-            s.add(CitizenContact(
-                case_no=appeal.case_no, name=citizen and citizen["name"], phone=citizen and citizen["phone"],
-                id_number=citizen and citizen.get("id_number"), email=citizen and citizen.get("email"),
-                wechat_openid=citizen and citizen.get("wechat_openid"),
-                address=location.get("address")))
-        s.add(TimelineEntry(case_no=appeal.case_no, at=now, status="received",
-                            text=domain.timeline_text("appeal_received", {})))
-        hide, address = appeal.hide_identity, location.get("address")
-        uow.emit("appeal_received", appeal.case_no, {
-            "channel": appeal.channel, "title": domain.redact_text(appeal.title, citizen, hide, address),
-            "content": domain.redact_text(appeal.content, citizen, hide, address),
-            "town_code": appeal.town_code, "village_code": appeal.village_code,
-            "anonymous": appeal.anonymous, "citizen_ref": appeal.citizen_ref,
-            "reception_level": appeal.reception_level,
-            "received_at": now.isoformat(), "attachments": data["attachments"],
-        })
-        result = {"case_no": appeal.case_no, "tracking_token": token, "status": appeal.status}
-        if on_registered is not None:
-            on_registered(s, appeal)
-        uow.remember("submit_appeal", idempotency_key, result)
-        uow.commit()
-        return result
+        row_ids = uow.reserve_ids("appeals", len(new)) or [None] * len(new)  # ids number the cases
+        audit_rows = []
+        for n, row_id in zip(new, row_ids):
+            sub = submissions[n]
+            appeal, results[n] = _register(uow, sub.data, citizen_key, now, row_id)
+            if on_registered is not None:
+                on_registered(s, appeal)
+            if sub.audit is not None:
+                caller, action = sub.audit
+                audit_rows.append(audit.entry(caller, action, "appeal", appeal.case_no, at=now))
+        for n, sub in enumerate(submissions):
+            if results[n] is None:
+                results[n] = results[first_with_key[sub.idempotency_key]]
+        if new:  # a retry or a refusal changes nothing, and leaves no audit row
+            uow.remember_many("submit_appeal", {key: results[n] for key, n in first_with_key.items()})
+            audit.record_many(uow, audit_rows)
+            uow.commit()
+    return results
+
+
+def _check_location(s, location):
+    town = _division(s, location["town_code"])
+    if town is None or town.level != "town":
+        raise ValidationError("请求参数有误", {"location": {"town_code": ["不是本区的镇街代码"]}})
+    village_code = location.get("village")
+    if village_code:
+        village = _division(s, village_code)
+        if village is None or village.parent_code != location["town_code"]:
+            raise ValidationError("请求参数有误", {"location": {"village": ["不是该镇街的村居代码"]}})
+
+
+def _register(uow, data, citizen_key, now, row_id):
+    """The appeal, its contact, its first timeline line and ``appeal_received``, in the open unit of
+    work; returns (appeal, the submitter's answer)."""
+    s = uow.session
+    location = data["location"]
+    citizen = None if data["anonymous"] else data["citizen"]
+    token = domain.new_tracking_token()
+    case_no = domain.case_no_for(now, row_id) if row_id else f"pending-{token[:20]}"
+    appeal = Appeal(
+        id=row_id, case_no=case_no, channel=data["channel"], title=data["title"],
+        content=data["content"], town_code=location["town_code"], village_code=location.get("village"),
+        lat=location.get("lat"), lon=location.get("lon"),
+        attachments=json.dumps(data["attachments"]), anonymous=data["anonymous"],
+        hide_identity=data["hide_identity"], reception_level=data["reception_level"],
+        citizen_ref=domain.citizen_ref(citizen_key, citizen["phone"], citizen.get("id_number"))
+        if citizen else None,
+        tracking_token_hash=domain.token_hash(token), status="received",
+        received_at=now, updated_at=now, version=1)
+    s.add(appeal)
+    if row_id is None:  # no sequence (SQLite): the row's id once it is inserted
+        s.flush()
+        appeal.case_no = domain.case_no_for(now, appeal.id)
+    if citizen or location.get("address"):
+        s.add(CitizenContact(
+            case_no=appeal.case_no, name=citizen and citizen["name"], phone=citizen and citizen["phone"],
+            id_number=citizen and citizen.get("id_number"), email=citizen and citizen.get("email"),
+            wechat_openid=citizen and citizen.get("wechat_openid"),
+            address=location.get("address")))
+    s.add(TimelineEntry(case_no=appeal.case_no, at=now, status="received",
+                        text=domain.timeline_text("appeal_received", {})))
+    hide, address = appeal.hide_identity, location.get("address")
+    uow.emit("appeal_received", appeal.case_no, {
+        "channel": appeal.channel, "title": domain.redact_text(appeal.title, citizen, hide, address),
+        "content": domain.redact_text(appeal.content, citizen, hide, address),
+        "town_code": appeal.town_code, "village_code": appeal.village_code,
+        "anonymous": appeal.anonymous, "citizen_ref": appeal.citizen_ref,
+        "reception_level": appeal.reception_level,
+        "received_at": now.isoformat(), "attachments": data["attachments"],
+    })
+    return appeal, {"case_no": appeal.case_no, "tracking_token": token, "status": appeal.status}
 
 
 # reference divisions read by this process: (database, code) → (division, read at). Two statements

@@ -18,7 +18,7 @@ from werkzeug.wrappers import Response
 
 from intake import domain, handlers, open311_http, openapi
 from intake.dependencies import (
-    BoundedRpcProxy, CitizenKey, IntakeDatabase, MetricsExporter, Open311Settings, RateLimits,
+    AppealWriter, BoundedRpcProxy, CitizenKey, IntakeDatabase, MetricsExporter, Open311Settings, RateLimits,
 )
 from intake.ratelimit import RateLimited
 from wuji_common import audit, auth
@@ -107,6 +107,7 @@ class IntakeService:
     name = "intake"
 
     uow = IntakeDatabase()
+    appeal_writer = AppealWriter()  # submissions that arrive together are stored in one transaction
     citizen_key = CitizenKey()
     metrics = MetricsExporter()
     caller = CurrentCaller()
@@ -121,9 +122,9 @@ class IntakeService:
             body = read_json(request)
             self.rate_limits.check("appeals", request.remote_addr,
                                    phone_ref(self.citizen_key, submitted_phone(body)))
-            uow = audited(self.uow(), public_caller(self.caller), "submit_appeal", "appeal")
-            result = handlers.submit_appeal(uow, body, request.headers.get("Idempotency-Key"),
-                                            self.citizen_key)
+            result = self.appeal_writer.submit(handlers.Submission(
+                handlers.check_submission(body), request.headers.get("Idempotency-Key"),
+                audit=(public_caller(self.caller), "submit_appeal")))
         except RateLimited as exc:
             return too_many_requests(exc)
         except EXPECTED as exc:
@@ -206,8 +207,8 @@ class IntakeService:
     @rpc(roles=RECEPTION, sensitive_arguments=("appeal.citizen",))
     def submit_appeal(self, appeal, idempotency_key=None):
         """Register an appeal. A retry with the same idempotency_key returns the first result."""
-        uow = audited(self.uow(), self.caller, "submit_appeal", "appeal")
-        return handlers.submit_appeal(uow, appeal, idempotency_key, self.citizen_key)
+        return self.appeal_writer.submit(handlers.Submission(
+            handlers.check_submission(appeal), idempotency_key, audit=(self.caller, "submit_appeal")))
 
     @rpc(roles=READERS)
     def get_appeal(self, case_no):

@@ -57,6 +57,39 @@ def test_submit_over_http_publishes_appeal_received(intake, amqp_uri, appeal_pay
         tap.close()
 
 
+def test_concurrent_submissions_are_stored_together_and_a_bad_one_alone_is_refused(intake, amqp_uri,
+                                                                                  appeal_payload):
+    """40 citizens at once: group commit writes them in fewer transactions than appeals, each gets
+    its own case, the one with an unknown town gets its 400, and every stored one is announced."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client import REGISTRY
+    base, _, _ = intake
+    labels = {"service": "intake", "writer": "AppealWriter"}
+
+    def written():
+        return (REGISTRY.get_sample_value("wuji_group_commit_size_count", labels) or 0,
+                REGISTRY.get_sample_value("wuji_group_commit_size_sum", labels) or 0)
+
+    bad = {**appeal_payload, "location": {"town_code": "370404999"}}
+    payloads = [bad if n == 17 else appeal_payload for n in range(40)]
+    tap = EventTap(amqp_uri, ("intake", "appeal_received"))
+    try:
+        before = written()
+        with ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(lambda p: http("POST", f"{base}/api/v1/appeals", p), payloads))
+        transactions, submissions = (a - b for a, b in zip(written(), before))
+        assert answers[17][0] == 400 and "location" in answers[17][1]["fields"]
+        stored = {body["case_no"] for status, body in answers if status == 201}
+        assert len(stored) == 39
+        assert submissions == 40 and transactions < 40
+        events = tap.wait_for(lambda evs: len(evs) >= 39)
+        time.sleep(0.3)
+        assert {e["case_no"] for e in events + tap.drain()} == stored
+    finally:
+        tap.close()
+
+
 @pytest.mark.parametrize("raw, field", [
     (b"\xff\xfe not utf-8", "_body"),
     (b"{not json", "_body"),

@@ -55,6 +55,39 @@ def test_idempotency_key_returns_the_first_result_and_writes_once(intake_db, app
     assert len(outbox_events(uow)) == 1
 
 
+def test_a_group_commit_stores_each_good_appeal_and_refuses_a_bad_one_alone(intake_db, appeal_payload):
+    """Submissions that arrive together share one transaction; an unknown town refuses its own
+    appeal only, a key seen before or twice in the batch gets the first answer, and each stored
+    appeal has its own audit row by its own submitter."""
+    from wuji_common import audit
+    from wuji_common.auth import Caller
+    _, uow = intake_db
+    earlier = handlers.submit_appeal(uow(), appeal_payload, "key-before", "k")
+    check = handlers.check_submission
+    unknown_town = {**appeal_payload, "location": {"town_code": "370404999"}}
+    clerk, citizen = Caller("staff:1", "unit_clerk", unit_code="U1"), Caller("anonymous", "anonymous")
+    results = handlers.submit_appeals(uow(), [
+        handlers.Submission(check(appeal_payload), "key-a", audit=(clerk, "submit_appeal")),
+        handlers.Submission(check(unknown_town), "key-b", audit=(citizen, "submit_appeal")),
+        handlers.Submission(check(appeal_payload), "key-before", audit=(citizen, "submit_appeal")),
+        handlers.Submission(check(appeal_payload), "key-a", audit=(citizen, "submit_appeal")),
+        handlers.Submission(check(appeal_payload), None, audit=(citizen, "submit_appeal")),
+    ], citizen_key="k")
+    assert isinstance(results[1], ValidationError) and "location" in results[1].fields
+    assert results[2] == earlier and results[3] == results[0]
+    stored = {results[0]["case_no"], results[4]["case_no"]}
+    assert len(stored) == 2 and earlier["case_no"] not in stored
+    with uow() as u:
+        assert len(u.session.execute(select(Appeal)).all()) == 3
+    assert sorted(e["case_no"] for e in outbox_events(uow)) == sorted(stored | {earlier["case_no"]})
+    log = {e["object_id"]: e["subject"] for e in audit.read(uow(), Caller("s", "supervisor"))}
+    assert log == {results[0]["case_no"]: "staff:1", results[4]["case_no"]: "anonymous"}
+    # the same key again later: the first answer, nothing written
+    assert handlers.submit_appeals(uow(), [handlers.Submission(check(appeal_payload), "key-a")],
+                                   citizen_key="k") == [results[0]]
+    assert len(outbox_events(uow)) == 3
+
+
 @pytest.mark.parametrize("mutate, field_path", [
     (lambda p: p.pop("title"), ("title",)),
     (lambda p: p.update(title="长" * 101), ("title",)),
