@@ -164,9 +164,13 @@ def event_caller(envelope):
 
 
 def record_event(uow, envelope):
-    """The audit row of one event's effect on an appeal, by the service that published the event:
-    for batch handlers, which record one per event of the batch in their single transaction."""
-    record(uow, event_caller(envelope), envelope["type"], "appeal", envelope.get("case_no"))
+    """The audit row of one event's effect on an appeal, by the service that published the event."""
+    record_events(uow, [envelope])
+
+
+def record_events(uow, envelopes):
+    """:func:`record_event` for a batch handler's events, in one statement."""
+    record_many(uow, [entry(event_caller(e), e["type"], "appeal", e.get("case_no")) for e in envelopes])
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -103,10 +103,12 @@ class UnitOfWork:
         self._on_commit = on_commit
         self.session = None
         self.events = []
+        self._ids_ahead = {}
 
     def __enter__(self):
         self.session = self._session_factory()
         self.events = []
+        self._ids_ahead = {}
         return self
 
     def __exit__(self, *exc):
@@ -167,8 +169,18 @@ class UnitOfWork:
         so that a number built from it (case_no, order_no) goes into the INSERT itself; None on
         SQLite, which has no sequence: the caller flushes the row and numbers it after. Saves an
         UPDATE of a uniquely indexed column per row."""
+        if self._ids_ahead.get(table):
+            return self._ids_ahead[table].pop(0)
         ids = self.reserve_ids(table, 1)
         return ids[0] if ids else None
+
+    def reserve_ids_ahead(self, table, count):
+        """Take ``count`` ids of ``table`` now, in one statement, for this transaction's next
+        :meth:`reserve_id` calls (a batch that will insert that many rows). On PostgreSQL only; an id
+        not used is a gap in the numbers, as a rolled-back insert leaves one."""
+        ids = self.reserve_ids(table, count)
+        if ids:
+            self._ids_ahead.setdefault(table, []).extend(ids)
 
     def reserve_ids(self, table, count):
         """:meth:`reserve_id` for ``count`` rows in one statement: a list of ids, or None on SQLite."""

@@ -321,10 +321,11 @@ def apply_order_event(uow, consumer, envelope):
     return apply_order_events(uow, consumer, [envelope]) == 1
 
 
-def apply_order_events(uow, consumer, envelopes, on_each=None):
+def apply_order_events(uow, consumer, envelopes, on_handled=None):
     """:func:`apply_order_event` for a batch, in one transaction (the appeals read in one query).
-    ``on_each(uow, envelope)``, if given, adds a record of its own for each new event (e.g. the
-    audit row). An event for an unknown case fails the whole batch. Returns how many were new."""
+    ``on_handled(uow, envelopes)``, if given, adds records of its own for the new events (e.g. their
+    audit rows, :func:`wuji_common.audit.record_events`). An event for an unknown case fails the
+    whole batch. Returns how many were new."""
     with uow:
         new = uow.first_deliveries(consumer, envelopes)
         if not new:
@@ -336,9 +337,9 @@ def apply_order_events(uow, consumer, envelopes, on_each=None):
             appeal = appeals.get(envelope["case_no"])
             if appeal is None:
                 raise NotFound(f"order event for unknown case {envelope['case_no']}")
-            if on_each is not None:
-                on_each(uow, envelope)
             _project(s, appeal, envelope)
+        if on_handled is not None:
+            on_handled(uow, new)
         uow.commit()
         return len(new)
 

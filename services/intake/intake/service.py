@@ -242,7 +242,7 @@ class IntakeService:
     def _project(self, envelopes, consumer):
         # each event's effect is audited as done by the service that published it
         handlers.apply_order_events(self.uow(), f"intake.{consumer}", envelopes,
-                                    on_each=audit.record_event)
+                                    on_handled=audit.record_events)
 
     @batch_event_handler("triage", "order_dispatched")
     def on_order_dispatched(self, envelopes):

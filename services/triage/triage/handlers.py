@@ -20,6 +20,7 @@ from uuid import uuid4
 
 from marshmallow import ValidationError as SchemaError
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import aliased
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -92,12 +93,12 @@ def dispatch_appeal(uow, router, consumer, envelope, now=None, index=None):
     return dispatch_appeals(uow, router, consumer, [envelope], now, index)[0]
 
 
-def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_each=None):
+def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_handled=None):
     """:func:`dispatch_appeal` for a batch of ``appeal_received`` events, in one transaction: one
     commit, the texts classified together, each appeal seeing those before it in the batch (its
     repeats, its hot spot). All or nothing: a failing appeal fails the batch, which the caller then
-    handles one event at a time. ``on_each(uow, envelope)``, if given, adds a record of its own for
-    each event handled (e.g. the audit row). Returns a summary or None per envelope, in order."""
+    handles one event at a time. ``on_handled(uow, envelopes)``, if given, adds records of its own
+    for the events handled (e.g. their audit rows, :func:`wuji_common.audit.record_events`). Returns a summary or None per envelope, in order."""
     payloads = [load(payload_schemas["appeal_received"], e["data"], "appeal_received payload invalid")
                 for e in envelopes]
     # CPU only, before the transaction: classification of the whole batch at once
@@ -109,18 +110,55 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
     reference = {}  # divisions and units read for this batch (reference data: read once)
     with uow:
         fresh = {e["event_id"] for e in uow.first_deliveries(consumer, envelopes)}
-        handled = bool(fresh)
+        handled = []
         for n, envelope in enumerate(envelopes):
-            if envelope["event_id"] not in fresh:
-                continue
-            fresh.discard(envelope["event_id"])  # the same event twice in one batch: once
-            if on_each is not None:
-                on_each(uow, envelope)
-            results[n] = _dispatch(uow, router, index, envelope, payloads[n], assessments[n],
+            if envelope["event_id"] in fresh:
+                fresh.discard(envelope["event_id"])  # the same event twice in one batch: once
+                handled.append(n)
+        if handled:
+            # what the batch's appeals ask of the database, read once for all of them
+            _read_for_batch(uow, [envelopes[n]["case_no"] for n in handled],
+                            [payloads[n] for n in handled], reference)
+        for n in handled:
+            results[n] = _dispatch(uow, router, index, envelopes[n], payloads[n], assessments[n],
                                    signatures[n], now, reference)
         if handled:
+            if on_handled is not None:
+                on_handled(uow, [envelopes[n] for n in handled])
             uow.commit()  # with the dedup records, also of events whose appeal already had its order
     return results
+
+
+def _read_for_batch(uow, case_nos, payloads, reference):
+    """One read per question for the whole batch, instead of one per appeal: the work orders the
+    cases have already, the divisions they name, the earlier appeals of the people who wrote (and
+    those appeals' orders), and the ids the new orders will be numbered by. Kept in ``reference``,
+    which the appeals of the batch then add to as they are stored."""
+    s = uow.session
+    codes = {c for p in payloads for c in (p["town_code"], p["village_code"]) if c}
+    _read_once(reference.setdefault("divisions", {}), sorted(codes), lambda missing: {
+        d.code: d for d in s.execute(select(Division).where(Division.code.in_(missing))).scalars()})
+    people = sorted({(p["citizen_ref"], p["town_code"]) for p in payloads if p["citizen_ref"]})
+    histories = reference.setdefault("histories", {})
+    if people:
+        recent = (select(Appeal, func.row_number().over(
+                      partition_by=(Appeal.citizen_ref, Appeal.town_code),
+                      order_by=Appeal.received_at.desc()).label("rank"))
+                  .where(Appeal.citizen_ref.in_(sorted({ref for ref, _ in people}))).subquery())
+        latest = aliased(Appeal, recent)
+        rows = s.execute(select(latest).where(recent.c.rank <= EARLIER_LIMIT + 1)).scalars().all()
+        for key in people:
+            histories[key] = []
+        for row in rows:
+            if (row.citizen_ref, row.town_code) in histories:
+                histories[(row.citizen_ref, row.town_code)].append(row)
+        for key, found in histories.items():
+            # more than the limit: the person's history is read per appeal, limited by the database
+            if found is not None and len(found) > EARLIER_LIMIT:
+                histories[key] = None
+    earlier = [a.case_no for found in histories.values() if found for a in found]
+    _active_orders(s, [*case_nos, *earlier], reference)
+    uow.reserve_ids_ahead("work_orders", len(case_nos))
 
 
 def _dispatch(uow, router, index, envelope, data, assessment, signature, now, reference=None):
@@ -131,7 +169,7 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, re
     received_at = aware(_timestamp(data["received_at"])).astimezone(timezone.utc)
     detection = router.taxonomy.detection
     s = uow.session
-    if _active_order(s, case_no) is not None:
+    if _active_orders(s, [case_no], reference).get(case_no) is not None:
         return None  # the dedup record stays: this event is done with
     neighbours = index.neighbours(
         signature, data["town_code"], received_at - timedelta(hours=detection.hotspot_window_hours),
@@ -146,7 +184,8 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, re
                     risk_reasons=json.dumps(_reasons(assessment.flags), ensure_ascii=False))
     s.add(appeal)
     units = _unit_lookup(s, reference)
-    memo = {}  # the person's earlier appeals, read once for the repeat and cross-level rules
+    # the person's earlier appeals, read once for the repeat and cross-level rules
+    memo = _memo_for(appeal, reference)
     repeat = _repeat_of(s, router, index, appeal, assessment.item, signature, memo)
     if repeat is not None and repeat.order is not None and repeat.order.status != "pending_review":
         # the same matter again: the unit that has it handles it again
@@ -161,6 +200,10 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, re
             router.route(assessment, town_code, village_code, units)
     order = _open_order(uow, appeal, routing, now, review_reason=assessment.review if held else None,
                         label=assessment.label)
+    # the next appeals of the batch see this one and its order, as they would in the database
+    reference.setdefault("orders", {})[case_no] = order
+    if appeal.citizen_ref and reference.get("histories", {}).get((appeal.citizen_ref, appeal.town_code)) is not None:
+        reference["histories"][(appeal.citizen_ref, appeal.town_code)].append(appeal)
     if assessment.flags:
         _flag_urgent(uow, appeal, order, routing, assessment, held)
     if repeat is not None:
@@ -290,7 +333,6 @@ def _announce_dispatch(uow, appeal, order, routing):
         "policy": order.policy, "router_version": order.router_version,
         "confidence": order.confidence, "title": appeal.title, "co_handlers": list(routing.co_handlers),
     })
-    uow.session.flush()
     supervision.start_clocks(uow.session, order, aware(order.dispatched_at))  # 限时办结 starts
     if routing.item.needs_enforcement_at_dispatch and not _enforcement_asked(uow.session, appeal.case_no):
         order.enforcement_requested = True
@@ -365,6 +407,23 @@ def _same_matter_before(s, router, index, appeal, item, signature, since=None, l
         if same_item or similar >= detection.repeat_min_similarity:
             found.append(EarlierCase(earlier, order, round(similar, 4)))
     return found
+
+
+def _memo_for(appeal, reference):
+    """The memo of one appeal's repeat and cross-level rules (:func:`_same_matter_before`), from
+    what :func:`_read_for_batch` read: the orders known to the batch, and the person's earlier
+    appeals in the town (None when there are more than EARLIER_LIMIT: then read per appeal)."""
+    memo = {"orders": reference.setdefault("orders", {})}
+    histories = reference.get("histories", {})
+    key = (appeal.citizen_ref, appeal.town_code)
+    if appeal.citizen_ref and key in histories:
+        found = histories[key]
+        earlier = None if found is None else sorted(
+            (a for a in found if a.case_no != appeal.case_no
+             and aware(a.received_at) <= aware(appeal.received_at)),
+            key=lambda a: aware(a.received_at), reverse=True)
+        memo["history"] = earlier if earlier is not None and len(earlier) <= EARLIER_LIMIT else None
+    return memo
 
 
 def _history(s, appeal, memo):

@@ -53,7 +53,7 @@ class TriageService:
         have arrived are routed together, in one transaction."""
         for routed in handlers.dispatch_appeals(self.uow(), self.router, "triage.on_appeal_received",
                                                 envelopes, index=self.near_duplicates,
-                                                on_each=audit.record_event):
+                                                on_handled=audit.record_events):
             if routed is None:
                 metrics.EVENTS_DUPLICATE.labels(self.name, "triage.on_appeal_received").inc()
                 continue

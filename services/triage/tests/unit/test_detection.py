@@ -355,3 +355,55 @@ def test_a_batch_sees_its_own_appeals_and_counts_a_hot_spot_as_one_by_one(db, ro
     [cluster] = handlers.hotspots(db())
     assert (cluster["appeals"], cluster["people"]) == (5, 4)
     assert handlers.dispatch_appeals(db(), router, CONSUMER, batch, index=index) == [None] * 5
+
+
+def _statements(db, run):
+    """How many SQL statements ``run()`` sends to the database behind the unit of work ``db``."""
+    from sqlalchemy import event
+    with db() as uow:
+        engine = uow.session.get_bind()
+    seen = []
+    listener = lambda *args: seen.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    return seen
+
+
+def test_a_batch_reads_the_database_once_per_question_not_once_per_appeal(db, router, appeal_received):
+    """The orders the cases have, the people's earlier appeals, their orders and the divisions are
+    read once for the whole batch: a batch of 20 appeals sends no more statements than one of 4."""
+    def batch(first, count):
+        return [appeal_received(case_no=f"YC20261125{n:06d}", citizen_ref=f"{n:064x}", village_code=JINSI,
+                                received_at=(T0 + timedelta(minutes=n)).isoformat())
+                for n in range(first, first + count)]
+    small, large = batch(1, 4), batch(100, 20)
+    few = _statements(db, lambda: handlers.dispatch_appeals(db(), router, CONSUMER, small, now=T0))
+    many = _statements(db, lambda: handlers.dispatch_appeals(db(), router, CONSUMER, large, now=T0))
+    assert len(orders(db)) == 24
+
+    def reads(statements):
+        return [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads(many)) <= len(reads(few)), "\n".join(reads(many))
+    with db() as uow:
+        batched_writes = uow.session.get_bind().dialect.name == "postgresql"  # SQLite numbers row by row
+    if batched_writes:   # the rows too: one INSERT per table for the batch
+        assert len(many) <= len(few), "\n".join(many)
+
+
+def test_a_person_with_more_earlier_appeals_than_the_batch_reads_is_still_found_a_repeat(db, router, appeal,
+                                                                                         appeal_received):
+    """Beyond EARLIER_LIMIT earlier appeals the batch read gives up on the person and the database
+    is asked per appeal, as before: the repeat is still found, in a batch too."""
+    for n in range(1, handlers.EARLIER_LIMIT + 3):
+        appeal(n, f"第{n}件事", f"不相干的第{n}件事情，各不相同的内容{n * 7919}", citizen_ref=PERSON_A,
+               village_code=JINSI, at=T0 + timedelta(minutes=n))
+    lamp = appeal(500, citizen_ref=PERSON_A, village_code=JINSI, at=T0 + timedelta(hours=5))
+    again = [appeal_received(case_no=f"YC20261125{n:06d}", title="路灯还是不亮", content="上次反映的村口路灯还没修",
+                             citizen_ref=PERSON_A, village_code=JINSI,
+                             received_at=(T0 + timedelta(hours=6, minutes=n)).isoformat())
+             for n in (501, 502)]
+    results = handlers.dispatch_appeals(db(), router, CONSUMER, again, now=T0 + timedelta(hours=7))
+    assert [r["repeat_of"] for r in results] == [lamp["repeat_of"] or "YC20261125000500"] * 2
