@@ -76,7 +76,9 @@ class DeliveryPolicy(DependencyProvider):
     """Retries (DELIVERY_MAX_ATTEMPTS, DELIVERY_RETRY_BASE_SECONDS, DELIVERY_RETRY_CAP_SECONDS),
     provider probes (PROVIDER_RETRY_BASE_SECONDS, PROVIDER_RETRY_CAP_SECONDS), claim lease
     (DELIVERY_CLAIM_SECONDS), batches (DELIVERY_BATCH claimed at once, DELIVERY_RECORD_EVERY sends
-    recorded at once), citizens' default quiet hours (QUIET_HOURS), PORTAL_URL."""
+    recorded at once), citizens' default quiet hours (QUIET_HOURS), PORTAL_URL, how often the staff
+    directory and the subscribers are read again (DIRECTORY_REFRESH_SECONDS, 2: a change made through
+    another instance takes that long to apply here)."""
 
     def setup(self):
         c = self.container.config
@@ -92,7 +94,8 @@ class DeliveryPolicy(DependencyProvider):
             record_every=int(c.get("DELIVERY_RECORD_EVERY", d.record_every)),
             portal_url=c.get("PORTAL_URL", "http://127.0.0.1:8000"),
             default_quiet_hours=c.get("QUIET_HOURS") or "",
-            sms_param_limit=int(c.get("SMS_PARAM_MAX_CHARS", d.sms_param_limit)))
+            sms_param_limit=int(c.get("SMS_PARAM_MAX_CHARS", d.sms_param_limit)),
+            reference_seconds=float(c.get("DIRECTORY_REFRESH_SECONDS", d.reference_seconds)))
 
     def get_dependency(self, worker_ctx):
         return self.policy

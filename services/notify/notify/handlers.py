@@ -35,6 +35,7 @@ import random
 import secrets
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -94,6 +95,8 @@ class Policy:
     portal_url: str = ""
     default_quiet_hours: str = ""      # for citizens without their own; "" = none
     sms_param_limit: int = 35
+    reference_seconds: float = 2.0     # the staff directory and the subscribers are read at most
+    #                                    this often per process (a change made elsewhere waits that long)
     rng: object = field(default=random, compare=False)
 
 
@@ -175,24 +178,57 @@ def _towns():
 
 # --- 1. reserve --------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
 class Directory:
-    """The staff directory as domain.plan reads it, within one transaction; each entry read once."""
+    """The staff directory (every entry, a few hundred rows at most) and the subscribers, as this
+    process read them: domain.plan reads staff entries from it, the claim their addresses.
 
-    def __init__(self, session):
-        self.session = session
-        self.entries = {}
+    Reference data, edited over RPC and by ``load-reference``, read at most once every
+    ``Policy.reference_seconds`` (2 s) per process and database instead of once per event batch and
+    per claim (:func:`directory`). A change made through this process applies at once (the handlers
+    that make it call :func:`directory_changed`); one made through another instance, within
+    ``reference_seconds``. Whether a subscriber still exists is read again when its delivery is
+    claimed, so nothing goes to a subscriber after it unsubscribed."""
+    staff: dict                 # unit_code -> StaffPoint
+    subscribers: tuple          # rows (id, event_types, unit_code), oldest first
+    read_at: float = 0.0        # time.monotonic() before it was read
+    changes: int = 0            # directory_changed() calls it had seen
 
     def get(self, code):
-        if code not in self.entries:
-            self.entries[code] = self.session.execute(
-                select(*STAFF_COLUMNS).where(UnitContact.unit_code == code)).first()
-        return self.entries[code]
+        return self.staff.get(code)
 
     def of_kind(self, kind):
-        rows = self.session.execute(select(*STAFF_COLUMNS).where(UnitContact.kind == kind)
-                                    .order_by(UnitContact.unit_code)).all()
-        self.entries.update((row.unit_code, row) for row in rows)
-        return rows
+        return sorted((e for e in self.staff.values() if e.kind == kind), key=lambda e: e.unit_code)
+
+
+# engine -> the last Directory read, and how many changes this process made to the database's
+# directory; keyed by engine (not global) so that each database, and each test's, has its own
+_directories = weakref.WeakKeyDictionary()
+_directory_changes = weakref.WeakKeyDictionary()
+
+
+def directory(s, max_age, clock=time.monotonic):
+    """The staff directory and the subscribers, read anew if older than ``max_age`` seconds or if
+    this process changed them since (two statements, whatever the number of events or claims)."""
+    engine = s.get_bind()
+    changes = _directory_changes.get(engine, 0)
+    known = _directories.get(engine)
+    now = clock()
+    if known is not None and known.changes == changes and now - known.read_at < max_age:
+        return known
+    staff = {row.unit_code: StaffPoint(*row) for row in s.execute(select(*STAFF_COLUMNS))}
+    subscribers = tuple(s.execute(select(Subscriber.id, Subscriber.event_types, Subscriber.unit_code)
+                                  .order_by(Subscriber.created_at)).all())
+    # a read that began before a change made here is not taken for current: ``changes`` as it was
+    _directories[engine] = known = Directory(staff, subscribers, now, changes)
+    return known
+
+
+def directory_changed(s):
+    """This process committed a change to the staff directory or the subscribers: the next reader
+    reads them again."""
+    engine = s.get_bind()
+    _directory_changes[engine] = _directory_changes.get(engine, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -295,19 +331,18 @@ def record_events(uow, consumer, envelopes, rules, available=domain.CHANNELS, po
         told = [e["case_no"] for e in fresh if e["case_no"]
                 and any(rule.recipient == CITIZEN for rule in rules.get(e["type"], ()))]
         citizens = _citizens(s, list(dict.fromkeys(told)), policy, refs) if told else {}
-        directory = Directory(s)
-        subscribers = s.execute(select(Subscriber.id, Subscriber.event_types, Subscriber.unit_code)
-                                .order_by(Subscriber.created_at)).all()
+        known = directory(s, policy.reference_seconds)
+        subscribers = known.subscribers
         rows, posted = [], []
         for envelope in fresh:
             citizen = citizens.get(envelope["case_no"], Citizen(None))
-            for planned in domain.plan(rules, envelope, directory, available, citizen.channel):
+            for planned in domain.plan(rules, envelope, known, available, citizen.channel):
                 lane = domain.lane_of(planned.recipient, planned.chain[0], citizen.ref or envelope["case_no"])
                 rows.append(_reservation(envelope, planned.recipient, planned.recipient_kind, planned.chain,
                                          planned.template, planned.context, planned.urgent, now, lane,
                                          citizen.quiet, planned.skip_reason))
                 if rows[-1]["channel"] == "inbox" and rows[-1]["status"] == PENDING:
-                    message = _inbox_message(rows[-1], directory, policy, templates, now)
+                    message = _inbox_message(rows[-1], known, policy, templates, now)
                     if message:
                         posted.append(message)
             for subscriber in subscribers:
@@ -381,14 +416,13 @@ def _claim_once(uow, policy, limit, lanes, lane, only, now):
         if s.get_bind().dialect.name == "sqlite":
             # the write lock first (a write that changes nothing): no two claimers read the same rows
             s.execute(update(P).where(P.c.name.is_(None)).values(failures=P.c.failures))
-        health = s.execute(select(P.c.name, P.c.failures, P.c.retry_at)).all()
-        held = [p.name for p in health if p.retry_at is not None and _aware(p.retry_at) > now]
-        probing = {p.name for p in health if p.failures and p.name not in held}
-        found = s.execute(_due_query(bool(held), lane is not None, only is not None),
-                          {"now": now, "limit": limit, "held": held, "lane": lane, "only": only}).all()
+        found = s.execute(_due_query(lane is not None, only is not None),
+                          {"now": now, "limit": limit, "lane": lane, "only": only}).all()
         more = len(found) >= limit
         if not found:
             return [], 0, more
+        # providers that were away and whose probe is due (those still held back were left out)
+        probing = {r.provider for r in found if r.provider_failures}
         keep, probes = _heads(s, found, probing, lanes, now)
         if not keep:
             return [], 0, more
@@ -409,16 +443,19 @@ def _claim_once(uow, policy, limit, lanes, lane, only, now):
             if probes:
                 # this is the probe of a provider that was away: no other send to it until it answers
                 s.execute(update(P).where(P.c.name.in_(probes)).values(retry_at=lease))
-            staff, subscribers = _points(s, keep)
+            staff, subscribers = _points(s, keep, policy)
             claims = [_claim(r, lease, staff, subscribers, r.provider in probes) for r in keep]
         uow.commit()
     return claims, heads - len(keep), more or len(keep) < len(found)
 
 
 @lru_cache(maxsize=None)
-def _due_query(held, lane, only):
-    """Due rows, oldest first, none of a lane with something in flight; built once per shape (the
-    claim runs for every batch)."""
+def _due_query(lane, only):
+    """Due rows, oldest first, none of a lane with something in flight nor of a provider held back,
+    each with its provider's failures (``provider_failures``: not 0 or None, the provider was away
+    and this would be its probe); built once per shape (the claim runs for every batch). The
+    providers' health is read in the same statement: their table is small, and nearly always
+    empty."""
     now, inflight = bindparam("now"), D.alias("inflight")
     # "something of its lane in flight", asked per due row by lane (index ix_deliveries_in_flight).
     # OFFSET 0 keeps PostgreSQL from turning it into an anti-join, which it plans from the table's
@@ -426,13 +463,13 @@ def _due_query(held, lane, only):
     # due row (from 2.5 ms to 164 ms per claim with a thousand e-mails waiting)
     lane_in_flight = select(inflight.c.id).where(
         inflight.c.lane == D.c.lane, inflight.c.status == PENDING, inflight.c.claimed_until >= now).offset(0)
-    query = (select(D).where(
+    held = select(P.c.name).where(P.c.name == D.c.provider, P.c.retry_at > now)
+    failures = select(P.c.failures).where(P.c.name == D.c.provider).scalar_subquery()
+    query = (select(D, failures.label("provider_failures")).where(
         D.c.status == PENDING, D.c.next_attempt_at <= now,
         or_(D.c.claimed_until.is_(None), D.c.claimed_until < now),
-        ~lane_in_flight.exists())
+        ~lane_in_flight.exists(), ~held.exists())
         .order_by(D.c.occurred_at, D.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True))
-    if held:
-        query = query.where(D.c.provider.not_in(bindparam("held", expanding=True)))
     if lane:
         query = query.where(D.c.lane == bindparam("lane"))
     if only:
@@ -495,17 +532,16 @@ def _drop_interrupted(s, keep, now, policy):
     return keep
 
 
-def _points(s, rows):
-    """The staff entries and subscribers the claimed rows go to, in two reads."""
-    codes, subscriber_ids = set(), set()
+def _points(s, rows, policy):
+    """The staff entries (from the directory, read at most every ``policy.reference_seconds``) and
+    the subscribers (read now: none is sent to after it unsubscribed) the claimed rows go to."""
+    subscriber_ids, staff = set(), {}
     for r in rows:
         kind, _, code = r.recipient.partition(":")
         if kind == SUBSCRIBER:
             subscriber_ids.add(code)
-        elif r.recipient_kind != CITIZEN:
-            codes.add(code)
-    staff = {row.unit_code: StaffPoint(*row) for row in s.execute(
-        select(*STAFF_COLUMNS).where(UnitContact.unit_code.in_(codes)))} if codes else {}
+        elif r.recipient_kind != CITIZEN and not staff:
+            staff = directory(s, policy.reference_seconds).staff
     subscribers = {row.id: StaffPoint(row.id, row.name, SUBSCRIBER, None, None, row.url, row.secret)
                    for row in s.execute(select(Subscriber.id, Subscriber.name, Subscriber.url, Subscriber.secret)
                                         .where(Subscriber.id.in_(subscriber_ids)))} if subscriber_ids else {}
@@ -999,6 +1035,7 @@ def subscribe(uow, payload, idempotency_key=None, now=None):
             result["secret"] = made_secret
         uow.remember("subscribe", idempotency_key, result)
         uow.commit()
+        directory_changed(s)
         return result
 
 
@@ -1024,6 +1061,7 @@ def unsubscribe(uow, subscriber_id, event_types=None, now=None):
             s.execute(delete(Provider).where(Provider.name == f"webhook:{SUBSCRIBER}:{subscriber_id}"))
             result = None
         uow.commit()
+        directory_changed(s)
         return result
 
 
@@ -1123,6 +1161,7 @@ def set_unit_contact(uow, payload, idempotency_key=None, now=None):
             result["webhook_secret"] = made_secret
         uow.remember("set_unit_contact", idempotency_key, result)
         uow.commit()
+        directory_changed(uow.session)
         return result
 
 
@@ -1153,4 +1192,5 @@ def load_unit_contacts(uow, rows, now=None):
                     setattr(unit, column, row[column])
             unit.updated_at = now
         uow.commit()
+        directory_changed(s)
     return len(rows)

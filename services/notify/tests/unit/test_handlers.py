@@ -632,3 +632,80 @@ def test_reloading_the_directory_keeps_what_a_unit_configured(uow):
     assert handlers.load_unit_contacts(uow, content.unit_contacts()) == 60
     view = handlers.get_unit_contact(uow, "dept-housing")
     assert (view["webhook_url"], view["kind"]) == ("https://h.test/x", "unit")
+
+
+# --- the staff directory and the subscribers, read once every few seconds ------------------------------
+
+def another_instance(db_url):
+    """A unit of work of another notify instance on the same database (an engine of its own)."""
+    return UnitOfWork(session_factory(make_engine(db_url)), metadata, "notify")
+
+
+def test_a_unit_contact_changed_here_is_used_at_once(uow):
+    slow = Policy(retry_base=0, retry_cap=0, reference_seconds=3600)
+    email = FakeChannel()
+    first, second = new_case(), new_case()
+    for delivery_id in record(uow, dispatched(first, "dept-water"), policy=slow):
+        handlers.deliver(uow, delivery_id, outside(email=email), slow)
+    handlers.set_unit_contact(uow, {"unit_code": "dept-water", "email": "water-new@yc.test"})
+    for delivery_id in record(uow, dispatched(second, "dept-water"), policy=slow):
+        handlers.deliver(uow, delivery_id, outside(email=email), slow)
+    assert [(o.case_no, o.address.to) for o in email.sent] == [
+        (first, "dept-water@demo.wuji.local"), (second, "water-new@yc.test")]
+
+
+def test_a_unit_contact_changed_by_another_instance_is_used_within_reference_seconds(uow, db_url):
+    quick = Policy(retry_base=0, retry_cap=0, reference_seconds=0.3)
+    email = FakeChannel()
+    first, second = new_case(), new_case()
+    for delivery_id in record(uow, dispatched(first, "dept-water"), policy=quick):
+        handlers.deliver(uow, delivery_id, outside(email=email), quick)
+    other = another_instance(db_url)
+    handlers.set_unit_contact(other, {"unit_code": "dept-water", "email": "water-new@yc.test"})
+    other.session.bind.dispose()
+    time.sleep(0.3)
+    for delivery_id in record(uow, dispatched(second, "dept-water"), policy=quick):
+        handlers.deliver(uow, delivery_id, outside(email=email), quick)
+    assert [o.address.to for o in email.sent] == ["dept-water@demo.wuji.local", "water-new@yc.test"]
+
+
+def test_a_subscriber_removed_by_another_instance_gets_nothing_more(uow, db_url):
+    sub = handlers.subscribe(uow, {"url": "https://x.test/in", "event_types": ["order_dispatched"]})
+    slow = Policy(retry_base=0, retry_cap=0, reference_seconds=3600)
+    record(uow, dispatched(new_case()), policy=slow)  # the directory read here: with the subscriber
+    other = another_instance(db_url)
+    handlers.unsubscribe(other, sub["subscriber_id"])
+    other.session.bind.dispose()
+    case_no = new_case()
+    webhook = FakeChannel()
+    # reserved from what this instance read (for up to reference_seconds), but not sent
+    for delivery_id in record(uow, dispatched(case_no), policy=slow):
+        handlers.deliver(uow, delivery_id, outside(webhook=webhook), slow)
+    [hook] = [r for r in rows(uow, case_no) if r.recipient_kind == "subscriber"]
+    assert (hook.status, hook.reason, webhook.sent) == ("skipped", "unsubscribed", [])
+
+
+def test_events_and_claims_read_no_directory_while_it_is_fresh(uow):
+    from sqlalchemy import event
+    slow = Policy(retry_base=0, retry_cap=0, reference_seconds=3600)
+    record(uow, dispatched(new_case(), "dept-education"), policy=slow)
+    handlers.claim_due(uow, slow)  # (that lane stays in flight)
+    engine = uow._session_factory.kw["bind"]
+    statements = []
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(" ".join(statement.split()))
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for unit in ("dept-water", "dept-housing", "dept-urban"):
+            record(uow, dispatched(new_case(), unit), policy=slow)
+        claims = handlers.claim_due(uow, slow)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert sorted(c.staff.unit_code for c in claims) == ["dept-housing", "dept-urban", "dept-water"]
+    assert {c.staff.email for c in claims} == {f"{u}@demo.wuji.local" for u in ("dept-housing", "dept-urban",
+                                                                                  "dept-water")}
+    assert not [q for q in statements if "FROM unit_contacts" in q or "FROM subscribers" in q]
+    # the claim: the due rows with their providers' health in one statement (no read of providers
+    # alone), the lanes' heads on PostgreSQL, the lease, the attempts
+    assert not [q for q in statements if q.startswith("SELECT providers.")]
