@@ -66,13 +66,13 @@ permissions_for() {
 }
 
 # Routing keys a service may publish on nameko-rpc (topic permissions): `<service>.<method>` calls and
-# replies (keyed by a uuid). intake.contact_for_notification returns a citizen's plain contact data,
-# and only notify needs it.
+# replies (keyed by a uuid). intake.contact_for_notification and intake.contacts_for_notification
+# return citizens' plain contact data, and only notify needs them.
 rpc_calls_for() {
     if [ "$1" = notify ]; then
         printf '%s' '^.*$'
     else
-        printf '%s' '^(?!intake\.contact_for_notification$).*$'
+        printf '%s' '^(?!intake\.contacts?_for_notification$).*$'
     fi
 }
 

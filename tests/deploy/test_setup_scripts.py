@@ -198,11 +198,13 @@ def rpc_publish(uri, routing_key):
 
 def test_only_notify_may_ask_intake_for_a_citizens_contact_data(broker):
     from amqp.exceptions import AccessRefused
-    rpc_publish(broker["notify"], "intake.contact_for_notification")
+    for method in ("contact_for_notification", "contacts_for_notification"):
+        rpc_publish(broker["notify"], f"intake.{method}")
     for svc in ("triage", "enforcement", "metrics", "intake"):
         rpc_publish(broker[svc], "intake.get_appeal")
-        with pytest.raises(AccessRefused):
-            rpc_publish(broker[svc], "intake.contact_for_notification")
+        for method in ("contact_for_notification", "contacts_for_notification"):
+            with pytest.raises(AccessRefused):
+                rpc_publish(broker[svc], f"intake.{method}")
 
 
 def test_only_the_broker_administrator_may_publish_a_token_revocation(broker):

@@ -154,6 +154,8 @@ def test_service_token_cannot_be_used_for_another_services_privileges(secured):
         with pytest.raises(Forbidden):
             rpc.intake.contact_for_notification("YC-NONE")
         with pytest.raises(Forbidden):
+            rpc.intake.contacts_for_notification(["YC-NONE"])
+        with pytest.raises(Forbidden):
             rpc.triage.accept_order("WO-NONE", "dept-urban", idempotency_key="k")
 
 
@@ -162,6 +164,8 @@ def test_staff_cannot_read_contact_data_meant_for_notify(secured):
         with rpc_as_role(secured, role) as rpc:
             with pytest.raises(Forbidden):
                 rpc.intake.contact_for_notification("YC-NONE")
+            with pytest.raises(Forbidden):
+                rpc.intake.contacts_for_notification(["YC-NONE"])
 
 
 def test_services_reach_each_other_with_their_own_tokens(secured, submit):

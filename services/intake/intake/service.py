@@ -7,7 +7,8 @@ HTTP (citizens, JSON, UTF-8):
     GET  /api/v1/openapi.json                 OpenAPI 3 description of this HTTP API
 Open311 GeoReport v2 (intake.open311; .json or .xml): /open311/v2/discovery, services,
 services/<code>, requests (GET, POST with api_key), requests/<id>, tokens/<token>.
-RPC (department systems): submit_appeal, get_appeal (masked), contact_for_notification (notify only).
+RPC (department systems): submit_appeal, get_appeal (masked), contact_for_notification and
+contacts_for_notification (notify only).
 Events in: triage's order events, projected onto the citizen's timeline (at-least-once; duplicates
 dropped by event id). Events out (via the outbox): appeal_received, appeal_rated.
 """
@@ -220,6 +221,11 @@ class IntakeService:
     def contact_for_notification(self, case_no):
         """Plain contact data, for notify at send time only. Audited."""
         return handlers.contact_for_notification(self.uow(), case_no, self.caller)
+
+    @rpc(roles=("service:notify",))
+    def contacts_for_notification(self, case_nos):
+        """contact_for_notification of several cases in one call: {case_no: contact}. Audited."""
+        return handlers.contacts_for_notification(self.uow(), case_nos, self.caller)
 
     @rpc(roles=REVEALERS)
     def reveal_contact(self, case_no, reason):

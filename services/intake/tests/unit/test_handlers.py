@@ -37,6 +37,25 @@ def test_notify_gets_the_wechat_openid_of_an_appeal_sent_through_wechat(intake_d
     assert handlers.contact_for_notification(uow(), other)["wechat_openid"] is None
 
 
+def test_notify_reads_the_contacts_of_a_batch_of_sends_at_once_each_read_audited(intake_db, appeal_payload):
+    from wuji_common import audit
+    from wuji_common.auth import Caller
+    _, uow = intake_db
+    notify = Caller("service:notify", "service")
+    first = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")["case_no"]
+    anonymous = handlers.submit_appeal(uow(), {**appeal_payload, "anonymous": True, "citizen": None,
+                                               "location": {"town_code": "370404101"}},
+                                       citizen_key="k")["case_no"]
+    found = handlers.contacts_for_notification(uow(), [first, anonymous, first, "YC20990101000001"], notify)
+    assert found == {first: {"name": "张三", "phone": "13812345678", "email": None, "wechat_openid": None}}
+    reads = [e for e in audit.read(uow(), Caller("s", "supervisor")) if e["action"] == "contact_for_notification"]
+    assert [(e["object_id"], e["subject"]) for e in reads] == [(first, "service:notify")]
+    assert handlers.contacts_for_notification(uow(), [], notify) == {}
+    with pytest.raises(ValidationError) as err:
+        handlers.contacts_for_notification(uow(), ["x"] * 501, notify)
+    assert "case_nos" in err.value.fields
+
+
 def test_events_carry_no_personal_data(intake_db, appeal_payload):
     _, uow = intake_db
     handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")
