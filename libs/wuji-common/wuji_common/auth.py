@@ -31,6 +31,7 @@ import logging
 import os
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
@@ -304,13 +305,31 @@ class Verifier:
     """Checks a token's signature (by ``kid``), issuer, expiry and revocation; returns the Caller.
     Plain code: no nameko. ``is_revoked(jti)`` is asked on every call (a revocation applies at once)."""
 
+    # tokens whose signature was checked: a service calls with the same token all day, and an
+    # Ed25519 check per call is most of what authenticating it costs. Expiry is checked every time.
+    VERIFIED_KEPT = 1024
+
     def __init__(self, public_keys, is_revoked=None, leeway=5, allow_admin=False):
         self.public_keys = dict(public_keys)
         self.is_revoked = is_revoked or (lambda jti: False)
         self.leeway = leeway
         self.allow_admin = allow_admin
+        self._verified = OrderedDict()
 
     def claims(self, token):
+        """The token's claims once its signature, issuer and expiry are checked."""
+        kept = self._verified.get(token)
+        if kept is not None:
+            if kept["exp"] + self.leeway >= time.time():
+                return kept
+            raise Unauthenticated("token expired")
+        claims = self._check(token)
+        self._verified[token] = claims
+        if len(self._verified) > self.VERIFIED_KEPT:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _check(self, token):
         import jwt
         if not self.public_keys:
             raise Unauthenticated("no verification keys configured (WUJI_AUTH_PUBLIC_KEYS)")
