@@ -161,7 +161,7 @@ def _read_for_batch(uow, case_nos, payloads, reference):
     uow.reserve_ids_ahead("work_orders", len(case_nos))
 
 
-def _dispatch(uow, router, index, envelope, data, assessment, signature, now, reference=None):
+def _dispatch(uow, router, index, envelope, data, assessment, signature, now, reference):
     """One appeal of :func:`dispatch_appeals`, inside its transaction, its event seen for the first
     time. Returns the summary of its new order, or None when the appeal already has one."""
     case_no = envelope["case_no"]
@@ -183,6 +183,7 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, re
                     urgency=assessment.urgency, cross_level=False,
                     risk_reasons=json.dumps(_reasons(assessment.flags), ensure_ascii=False))
     s.add(appeal)
+    reference.setdefault("appeals", {})[case_no] = appeal
     units = _unit_lookup(s, reference)
     # the person's earlier appeals, read once for the repeat and cross-level rules
     memo = _memo_for(appeal, reference)
@@ -210,7 +211,7 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, re
         _link_repeat(uow, appeal, order, routing, repeat, held)
     _check_cross_level(uow, router, index, appeal, order, routing, signature, held, memo)
     if neighbours:
-        _cluster(uow, router.taxonomy, appeal, routing.item, neighbours, now)
+        _cluster(uow, router.taxonomy, appeal, routing.item, neighbours, now, reference)
     if index is not None:
         # now, not after the commit: the next appeal of the batch must find this one. Should the
         # batch roll back, the entry stays until it expires; the appeals it points at are looked up
@@ -252,10 +253,15 @@ def _unit_lookup(s, reference=None):
     was read, for the next appeals of a batch."""
     known = {} if reference is None else reference.setdefault("units", {})
 
+    def read(missing):
+        # reference data, which routing never writes: nothing pending needs flushing first (a flush
+        # here would write each appeal of a batch on its own)
+        with s.no_autoflush:
+            return {u.code: domain.UnitRef(u.code, u.name, u.type)
+                    for u in s.execute(select(Unit).where(Unit.code.in_(missing))).scalars()}
+
     def lookup(codes):
-        return _read_once(known, codes, lambda missing: {
-            u.code: domain.UnitRef(u.code, u.name, u.type)
-            for u in s.execute(select(Unit).where(Unit.code.in_(missing))).scalars()})
+        return _read_once(known, codes, read)
     return lookup
 
 
@@ -499,34 +505,49 @@ def _check_cross_level(uow, router, index, appeal, order, routing, signature, he
         "level": level, "reception_level": appeal.reception_level, "channel": appeal.channel})
 
 
-def _cluster(uow, taxonomy, appeal, item, neighbours, now):
+def _cluster(uow, taxonomy, appeal, item, neighbours, now, batch=None):
     """热点: join the cluster a near-duplicate neighbour is in, or open one when enough people wrote
-    about it (``hotspot_detected``, once per cluster)."""
+    about it (``hotspot_detected``, once per cluster).
+
+    ``batch`` (a dict kept by :func:`dispatch_appeals`) holds the appeals this transaction added and
+    the clusters they joined: the stored ones are read without flushing first, and the batch's own
+    are added from there, so that the batch's rows are written together at its end."""
     s = uow.session
     detection = taxonomy.detection
+    batch = {} if batch is None else batch
+    joined = batch.setdefault("joined", {})      # case_no → Hotspot, joined or opened in this batch
+    added = batch.setdefault("appeals", {})      # case_no → Appeal, added in this batch
     similarity = dict(neighbours)
     codes = list(similarity)
-    clustered = s.execute(select(HotspotMember.hotspot_id, Hotspot.last_received_at)
-                          .join(Hotspot, Hotspot.hotspot_id == HotspotMember.hotspot_id)
-                          .where(HotspotMember.case_no.in_(codes))
-                          .order_by(Hotspot.last_received_at.desc())).first()
-    if clustered is not None:
-        hotspot = s.execute(select(Hotspot).where(Hotspot.hotspot_id == clustered.hotspot_id)
-                            .with_for_update()).scalar_one()
-        # counted on, not counted again: a hot spot can hold thousands of appeals, and its row is
-        # locked, so the counts stay exact
-        known_person = appeal.citizen_ref is not None and s.execute(
-            select(HotspotMember.case_no).join(Appeal, Appeal.case_no == HotspotMember.case_no)
-            .where(HotspotMember.hotspot_id == hotspot.hotspot_id,
-                   Appeal.citizen_ref == appeal.citizen_ref).limit(1)).first() is not None
-        s.add(HotspotMember(case_no=appeal.case_no, hotspot_id=hotspot.hotspot_id,
-                            similarity=max(similarity.values()), joined_at=now))
-        hotspot.appeals += 1
-        hotspot.people += 0 if known_person else 1
-        hotspot.last_received_at = max(aware(hotspot.last_received_at), appeal.received_at)
-        return
-    rows = s.execute(select(Appeal).where(Appeal.case_no.in_(codes))).scalars().all()
-    members = [*rows, appeal]
+    with s.no_autoflush:
+        stored = s.execute(select(HotspotMember.hotspot_id).where(HotspotMember.case_no.in_(codes))
+                           .distinct()).scalars().all()
+        # the clusters as this transaction has them (a stored one the batch joined has counts and a
+        # last receipt that are not written yet): the latest is joined
+        clusters = {h.hotspot_id: h for h in (s.get(Hotspot, hotspot_id) for hotspot_id in stored)}
+        clusters.update({joined[c].hotspot_id: joined[c] for c in codes if c in joined})
+        if clusters:
+            hotspot = max(clusters.values(), key=lambda h: aware(h.last_received_at))
+            if hotspot not in s.new:
+                # counted on, not counted again: a hot spot can hold thousands of appeals, and its
+                # row is locked, so the counts stay exact
+                hotspot = s.execute(select(Hotspot).where(Hotspot.hotspot_id == hotspot.hotspot_id)
+                                    .with_for_update()).scalar_one()
+            known_person = appeal.citizen_ref is not None and (any(
+                h is hotspot and added[c].citizen_ref == appeal.citizen_ref for c, h in joined.items())
+                or s.execute(select(HotspotMember.case_no).join(Appeal, Appeal.case_no == HotspotMember.case_no)
+                             .where(HotspotMember.hotspot_id == hotspot.hotspot_id,
+                                    Appeal.citizen_ref == appeal.citizen_ref).limit(1)).first() is not None)
+            s.add(HotspotMember(case_no=appeal.case_no, hotspot_id=hotspot.hotspot_id,
+                                similarity=max(similarity.values()), joined_at=now))
+            joined[appeal.case_no] = hotspot
+            hotspot.appeals += 1
+            hotspot.people += 0 if known_person else 1
+            hotspot.last_received_at = max(aware(hotspot.last_received_at), appeal.received_at)
+            return
+        rows = {a.case_no: a for a in s.execute(select(Appeal).where(Appeal.case_no.in_(codes))).scalars()}
+    rows.update({c: added[c] for c in codes if c in added})
+    members = [*rows.values(), appeal]
     people = _people(a.citizen_ref for a in members)
     if len(members) < detection.hotspot_min_appeals or people < detection.hotspot_min_people:
         return
@@ -542,6 +563,7 @@ def _cluster(uow, taxonomy, appeal, item, neighbours, now):
     for member in members:
         s.add(HotspotMember(case_no=member.case_no, hotspot_id=hotspot.hotspot_id,
                             similarity=similarity.get(member.case_no), joined_at=now))
+        joined[member.case_no] = hotspot
     s.flush()
     uow.emit("hotspot_detected", appeal.case_no, {
         "hotspot_id": hotspot.hotspot_id, "town_code": hotspot.town_code,

@@ -357,6 +357,26 @@ def test_a_batch_sees_its_own_appeals_and_counts_a_hot_spot_as_one_by_one(db, ro
     assert handlers.dispatch_appeals(db(), router, CONSUMER, batch, index=index) == [None] * 5
 
 
+def test_a_later_batch_joins_the_stored_hot_spot_and_counts_each_person_once(db, router, appeal_received):
+    """The hot spot a first batch opened, joined by a second batch without writing each appeal on
+    its own: one person already in it and one new person writing twice add three appeals, one person."""
+    index = AppealIndex()
+
+    def envelopes(first, people):
+        return [appeal_received(case_no=f"YC20261125{n:06d}", title="化工厂偷排污水", content=TEXTS[n % len(TEXTS)],
+                                citizen_ref=person, village_code=JINSI,
+                                received_at=(T0 + timedelta(hours=n)).isoformat())
+                for n, person in enumerate(people, start=first)]
+    handlers.dispatch_appeals(db(), router, CONSUMER, envelopes(1, [PERSON_A, PERSON_B, PERSON_C]),
+                              now=T0 + timedelta(hours=4), index=index)
+    [cluster] = handlers.hotspots(db())
+    assert (cluster["appeals"], cluster["people"]) == (3, 3)
+    handlers.dispatch_appeals(db(), router, CONSUMER, envelopes(4, [PERSON_A, PERSON_D, PERSON_D]),
+                              now=T0 + timedelta(hours=8), index=index)
+    [cluster] = handlers.hotspots(db())
+    assert (cluster["appeals"], cluster["people"]) == (6, 4)
+
+
 def _statements(db, run):
     """How many SQL statements ``run()`` sends to the database behind the unit of work ``db``."""
     from sqlalchemy import event
