@@ -36,8 +36,11 @@ def normalize_url(url):
 
 def make_engine(url, **kwargs):
     """An engine for a service database. SQLite gets WAL and a busy timeout so that the relay and the
-    handlers of one process don't trip over each other; PostgreSQL gets a pool sized for workers."""
+    handlers of one process don't trip over each other; PostgreSQL gets a pool sized for workers,
+    whose connections are pinged before use after idling ``ping_after_idle_seconds`` (default
+    PING_AFTER_IDLE_SECONDS; None: never)."""
     url = normalize_url(url)
+    ping_after = kwargs.pop("ping_after_idle_seconds", PING_AFTER_IDLE_SECONDS)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 5}, **kwargs)
 
@@ -55,8 +58,42 @@ def make_engine(url, **kwargs):
         # commands and tools, which hold one or two connections at a time
         kwargs.setdefault("pool_size", 4)
         kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if ping_after is not None and not kwargs.get("pool_pre_ping"):
+        _ping_when_idle(engine, ping_after)
+    return engine
+
+
+# A pooled connection that sat idle this long is pinged before use (a PostgreSQL restart, or a
+# firewall dropping idle connections, leaves it dead); one used a moment ago is not. pool_pre_ping
+# pings on every checkout: a round trip per transaction, ~5% of a busy service's time. A connection
+# that dies while in use fails that one transaction, and SQLAlchemy then discards every connection
+# the pool holds, so the next checkouts connect afresh.
+PING_AFTER_IDLE_SECONDS = 2.0
+
+
+def _ping_when_idle(engine, seconds):
+    import time as _time
+
+    from sqlalchemy import exc
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_conn, record):
+        record.info["idle_since"] = _time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, proxy):
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or _time.monotonic() - idle_since < seconds:
+            return
+        try:
+            if not engine.dialect.do_ping(dbapi_conn):
+                raise exc.DisconnectionError("connection did not answer a ping")
+        except exc.DisconnectionError:
+            raise
+        except Exception as err:
+            # the pool drops this connection and checks out another (up to three times)
+            raise exc.DisconnectionError(f"connection dead after idling: {err}") from err
 
 
 def add_reliability_tables(metadata: MetaData):
