@@ -8,6 +8,7 @@ it, whether it can carry a given notice (SMS and WeChat need a template register
 All are plain blocking code (smtplib, requests, SQLAlchemy); under nameko, eventlet's monkey patching
 makes them green. Error summaries name the failure, never the address or the text.
 """
+import base64
 import hashlib
 import hmac
 import json
@@ -17,8 +18,10 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from email.message import EmailMessage
-from email.utils import formataddr, formatdate
+from email import policy as email_policy
+from email.header import Header
+from email.message import EmailMessage, MIMEPart
+from email.utils import formataddr, formatdate, getaddresses
 
 import requests
 from sqlalchemy import insert
@@ -34,6 +37,47 @@ USER_AGENT = "wuji-notify/0.2"
 
 
 # --- e-mail -------------------------------------------------------------------------------------------
+
+# e-mail headers are written as they go on the wire (Message.set_raw), already encoded and folded:
+# the standard library's header objects parse every value when it is set and fold it again each
+# time the message is written, which made composing a message cost more than recording its send
+MAX_HEADER_LINE = 78
+
+
+def _fits(name, value):
+    """Whether a header value may go out as it is: ASCII, on one line, short enough."""
+    return value.isascii() and len(name) + 2 + len(value) <= MAX_HEADER_LINE and not (
+        "\n" in value or "\r" in value)
+
+
+def _folded(name, value):
+    """A header value encoded (RFC 2047) and folded once by the standard library (for the From
+    header, the same on every message)."""
+    msg = EmailMessage()
+    msg[name] = value
+    return email_policy.default.fold(name, msg[name])[len(name) + 2:].rstrip("\r\n")
+
+
+def _encoded(name, value):
+    """A header value with non-ASCII text or too long for one line as RFC 2047 encoded words,
+    folded. A line break in it is refused, as the standard library does (no header smuggled in)."""
+    if _fits(name, value):
+        return value
+    if "\n" in value or "\r" in value:
+        raise ValueError("Header values may not contain linefeed or carriage return characters")
+    return Header(value, "utf-8", header_name=name, maxlinelen=MAX_HEADER_LINE).encode(linesep="\n")
+
+
+def _text_part(subtype, text):
+    """A UTF-8 text part in base64, its lines ended by CRLF (MIME's canonical form of text, as an
+    8bit part arrives; the line breaks of the text are its only ones)."""
+    part = MIMEPart()
+    part.set_raw("Content-Type", f'text/{subtype}; charset="utf-8"')
+    part.set_raw("Content-Transfer-Encoding", "base64")
+    lines = text.encode("utf-8").splitlines()
+    part.set_payload(base64.encodebytes(b"\r\n".join(lines) + b"\r\n").decode("ascii"))
+    return part
+
 
 class EmailChannel:
     """E-mail over SMTP (STARTTLS and AUTH when configured): a text and an HTML part, and a
@@ -52,6 +96,9 @@ class EmailChannel:
         self.starttls = starttls
         self.timeout = float(timeout)
         self.ca_file = ca_file or None  # a private CA (the district's mail relay); else the system's
+        sender = formataddr((self.from_name, self.mail_from)) if self.from_name else self.mail_from
+        self.from_header = _folded("From", sender)
+        self.envelope_from = getaddresses([sender])[0][1]
 
     @property
     def available(self):
@@ -59,28 +106,37 @@ class EmailChannel:
 
     def compose(self, outgoing):
         msg = EmailMessage()
-        msg["From"] = formataddr((self.from_name, self.mail_from)) if self.from_name else self.mail_from
-        msg["To"] = outgoing.address.to
-        msg["Subject"] = outgoing.message.subject
-        msg["Date"] = formatdate(localtime=False)
-        msg["Message-ID"] = message_id(outgoing.delivery_id, self.mail_from)
-        msg["X-Wuji-Delivery"] = outgoing.delivery_id
-        msg["Auto-Submitted"] = "auto-generated"  # no out-of-office replies to a robot
+        header = msg.set_raw
+        header("From", self.from_header)
+        to = outgoing.address.to
+        if _fits("To", to):
+            header("To", to)
+        else:
+            msg["To"] = to  # parsed and checked by the standard library (refuses a line break)
+        header("Subject", _encoded("Subject", outgoing.message.subject))
+        header("Date", formatdate(localtime=False))
+        header("Message-ID", message_id(outgoing.delivery_id, self.mail_from))
+        header("X-Wuji-Delivery", outgoing.delivery_id)
+        header("Auto-Submitted", "auto-generated")  # no out-of-office replies to a robot
         if outgoing.urgent:
-            msg["Importance"] = "high"
-        msg.set_content(outgoing.message.text)
-        msg.add_alternative(outgoing.message.html, subtype="html")
+            header("Importance", "high")
+        header("MIME-Version", "1.0")
+        # base64 never has "-" at the start of a line: the boundary cannot occur in the parts
+        header("Content-Type", f'multipart/alternative;\n boundary="=_{outgoing.delivery_id}"')
+        msg.set_payload([_text_part("plain", outgoing.message.text), _text_part("html", outgoing.message.html)])
         return msg
 
     def send(self, outgoing):
         msg = self.compose(outgoing)
+        # the envelope as send_message would read it from the headers, without parsing them
+        recipients = [address for _, address in getaddresses([outgoing.address.to])]
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
                 if self.starttls:
                     smtp.starttls(context=ssl.create_default_context(cafile=self.ca_file))
                 if self.user:
                     smtp.login(self.user, self.password)
-                smtp.send_message(msg)
+                smtp.send_message(msg, self.envelope_from, recipients)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = sorted({code for code, _ in exc.recipients.values()})
             raise _by_code(codes[-1] if codes else 0, f"SMTP recipient refused {codes}") from None

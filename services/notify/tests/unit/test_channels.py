@@ -48,6 +48,29 @@ def test_email_has_text_and_html_and_a_message_id_from_the_delivery():
     assert msg.get_body(("html",)).get_content().strip() == "<p>正文：路灯 &lt;坏了&gt;</p>"
 
 
+def test_email_headers_go_out_encoded_and_folded_and_read_back_as_written():
+    from dataclasses import replace
+    from email import policy
+    from email.parser import BytesParser
+    channel = EmailChannel("127.0.0.1", 1025, "notify@demo.wuji.local", "峄城区社会治理服务中心")
+    subject = "【派单通知】工单 GD20261125000001：" + "小区门口的路灯已经坏了一个多星期了一直没人来修" * 2
+    text = "区住房和城乡建设局：\n\n" + "正文很长" * 100 + "\nhttp://p/x"
+    sent = outgoing("zs@example.com")
+    sent = replace(sent, urgent=True, message=Rendered(subject, text, "<p>" + text + "</p>"))
+    wire = channel.compose(sent).as_bytes(policy=policy.SMTP)
+    assert wire.isascii() and max(len(line) for line in wire.split(b"\r\n")) <= 78
+    msg = BytesParser(policy=policy.default).parsebytes(wire)
+    assert (msg["Subject"], msg["From"].addresses[0].display_name) == (subject, "峄城区社会治理服务中心")
+    assert (msg["To"], msg["Importance"], msg["Auto-Submitted"]) == ("zs@example.com", "high", "auto-generated")
+    assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == text + "\n"
+    assert msg.get_body(("html",)).get_content().replace("\r\n", "\n") == "<p>" + text + "</p>\n"
+    # a line break cannot start a header of its own (domain.render never makes one; refused anyway)
+    with pytest.raises(ValueError):
+        channel.compose(replace(sent, message=Rendered("回执\nBcc: someone@else.test", "t", "h")))
+    with pytest.raises(ValueError):
+        channel.compose(outgoing("zs@example.com\nBcc: someone@else.test"))
+
+
 def test_email_goes_over_starttls_with_auth(secure_smtp, tls_files):
     secure_email(secure_smtp.port, tls_files).send(outgoing("zs@example.com"))
     [msg] = secure_smtp.received(X_Wuji_Delivery=DELIVERY)
