@@ -36,6 +36,7 @@ import secrets
 import time
 import uuid
 import weakref
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -416,7 +417,7 @@ def _claim_once(uow, policy, limit, lanes, lane, only, now):
         if s.get_bind().dialect.name == "sqlite":
             # the write lock first (a write that changes nothing): no two claimers read the same rows
             s.execute(update(P).where(P.c.name.is_(None)).values(failures=P.c.failures))
-        found = s.execute(_due_query(lane is not None, only is not None),
+        found = s.execute(_due_query(lane is not None, only is not None, _others_claim(s)),
                           {"now": now, "limit": limit, "lane": lane, "only": only}).all()
         more = len(found) >= limit
         if not found:
@@ -449,13 +450,22 @@ def _claim_once(uow, policy, limit, lanes, lane, only, now):
     return claims, heads - len(keep), more or len(keep) < len(found)
 
 
+def _others_claim(s):
+    """Whether another claimer may hold rows while this one claims (on SQLite claimers take turns
+    on the database's write lock)."""
+    return s.get_bind().dialect.name != "sqlite"
+
+
 @lru_cache(maxsize=None)
-def _due_query(lane, only):
+def _due_query(lane, only, others):
     """Due rows, oldest first, none of a lane with something in flight nor of a provider held back,
     each with its provider's failures (``provider_failures``: not 0 or None, the provider was away
     and this would be its probe); built once per shape (the claim runs for every batch). The
     providers' health is read in the same statement: their table is small, and nearly always
-    empty."""
+    empty. With ``others`` (PostgreSQL), each row also counts the due rows of its lane that are not
+    younger than it (``lane_ahead``): more of them than were found means another claimer holds one
+    (SKIP LOCKED left it out), and :func:`_heads` leaves the lane to it. PostgreSQL computes both
+    columns for the rows the LIMIT keeps only, after the sort."""
     now, inflight = bindparam("now"), D.alias("inflight")
     # "something of its lane in flight", asked per due row by lane (index ix_deliveries_in_flight).
     # OFFSET 0 keeps PostgreSQL from turning it into an anti-join, which it plans from the table's
@@ -465,7 +475,13 @@ def _due_query(lane, only):
         inflight.c.lane == D.c.lane, inflight.c.status == PENDING, inflight.c.claimed_until >= now).offset(0)
     held = select(P.c.name).where(P.c.name == D.c.provider, P.c.retry_at > now)
     failures = select(P.c.failures).where(P.c.name == D.c.provider).scalar_subquery()
-    query = (select(D, failures.label("provider_failures")).where(
+    columns = [failures.label("provider_failures")]
+    if others:
+        older = D.alias("older")
+        columns.append(select(func.count()).select_from(older).where(
+            older.c.lane == D.c.lane, older.c.status == PENDING, older.c.next_attempt_at <= now,
+            older.c.occurred_at <= D.c.occurred_at, older.c.id != D.c.id).scalar_subquery().label("lane_ahead"))
+    query = (select(D, *columns).where(
         D.c.status == PENDING, D.c.next_attempt_at <= now,
         or_(D.c.claimed_until.is_(None), D.c.claimed_until < now),
         ~lane_in_flight.exists(), ~held.exists())
@@ -480,13 +496,14 @@ def _due_query(lane, only):
 def _heads(s, found, probing, lanes, now):
     """Of the rows found, those at the head of their lanes; one per provider being probed; at most
     ``lanes`` lanes. Once a row of a lane is left out, so are the later ones of that lane."""
-    ahead = {}
-    if s.get_bind().dialect.name != "sqlite":  # (on SQLite no one else is claiming right now)
-        # older rows of these lanes that were not found: being claimed by another instance
-        ahead = dict(s.execute(select(D.c.lane, func.min(D.c.occurred_at)).where(
-            D.c.lane.in_({r.lane for r in found}), D.c.status == PENDING, D.c.next_attempt_at <= now,
-            D.c.occurred_at <= max(r.occurred_at for r in found), D.c.id.not_in([r.id for r in found]))
-            .group_by(D.c.lane)).all())
+    held_ahead = set()
+    if _others_claim(s):  # (on SQLite no one else is claiming right now)
+        # a row with more due rows of its lane not younger than it than were found: another
+        # instance is claiming one of them (the due query counted them, ``lane_ahead``)
+        found_at = {}
+        for r in found:  # (in the order of occurred_at)
+            found_at.setdefault(r.lane, []).append(r.occurred_at)
+        held_ahead = {r.id for r in found if r.lane_ahead > bisect_right(found_at[r.lane], r.occurred_at) - 1}
     probe_free = set()
     wanted = probing & {r.provider for r in found}
     if wanted:  # one claimer probes: the provider's row, locked, and still due for its probe
@@ -496,7 +513,7 @@ def _heads(s, found, probing, lanes, now):
     for r in found:
         if r.lane in closed:
             continue
-        blocked = r.lane in ahead and not r.occurred_at < ahead[r.lane]
+        blocked = r.id in held_ahead
         if r.provider in probing:
             blocked = blocked or r.provider not in probe_free or r.provider in probed
         if not blocked and r.lane not in taken and lanes is not None and len(taken) >= lanes:

@@ -436,6 +436,20 @@ def test_a_lane_whose_head_another_instance_is_claiming_is_left_to_it(uow, db_ur
     assert [c.case_no for c in claims] == cases["dept-housing"]
 
 
+def test_a_lane_is_taken_up_to_a_row_another_instance_holds(uow, db_url):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's (SQLite claimers take turns on the write lock)")
+    subs, cases = two_departments(uow)
+    [middle] = rows(uow, cases["dept-water"][1])
+    holder = unit_of_work_for("notify", metadata, db_url)
+    with holder:  # another instance holds A2 (say, it is giving it back)
+        holder.session.execute(select(Delivery).where(Delivery.id == middle.id).with_for_update())
+        claims = handlers.claim_due(uow, FAST)
+    holder.session.bind.dispose()
+    # A1 goes (nothing ahead of it); A3 would overtake A2: left; B's lane goes whole
+    assert [c.case_no for c in claims] == [cases["dept-water"][0]] + cases["dept-housing"]
+
+
 def test_two_events_for_one_recipient_go_out_in_order_while_others_go_in_parallel(uow):
     import threading
     subs, cases = two_departments(uow)
