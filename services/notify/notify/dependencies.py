@@ -174,9 +174,10 @@ class Senders(DependencyProvider):
                     if self.again:
                         continue
                     break
+                sending = handlers.with_contacts(outside, claims)  # one call to intake per batch
                 for lane in handlers.by_lane(claims):
                     self.busy[lane[0].lane] = more  # its sender looks again when it is done
-                    self.pool.spawn_n(self._send, lane)
+                    self.pool.spawn_n(self._send, lane, sending)
                 if not more and not self.again:
                     break  # it took all that was due: what comes next wakes us
         except Exception:
@@ -185,8 +186,8 @@ class Senders(DependencyProvider):
         finally:
             self.dispatching = False
 
-    def _send(self, claims):
-        uow, outside, policy, count = self.work
+    def _send(self, claims, outside):
+        uow, _, policy, count = self.work
         try:
             count(handlers.send_claims(uow(), claims, outside, policy, stopping=lambda: self.stopping))
         except Exception:

@@ -56,6 +56,7 @@ class NotifyService:
 
     def _outside(self):
         return handlers.Outside(citizen_contact=self.intake.contact_for_notification,
+                                citizen_contacts=self.intake.contacts_for_notification,
                                 channels=self.channels.channels, limiter=self.channels.limiter)
 
     def _count(self, done):

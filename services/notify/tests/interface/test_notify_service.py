@@ -25,6 +25,7 @@ from ..servers.providers import WebhookSubscriber
 
 MIGRATIONS = Path(handlers.__file__).parent / "migrations"
 CONTACTS = {}  # case_no -> what intake.contact_for_notification answers
+CONTACT_CALLS = []  # (method, how many cases): what notify asked intake
 WECHAT_KEYWORDS = {"TPL-RECEIPT": ["thing1", "character_string2", "time3", "phrase4"]}
 
 
@@ -34,7 +35,13 @@ class FakeIntake:
 
     @rpc
     def contact_for_notification(self, case_no):
+        CONTACT_CALLS.append(("contact_for_notification", 1))
         return CONTACTS.get(case_no)
+
+    @rpc
+    def contacts_for_notification(self, case_nos):
+        CONTACT_CALLS.append(("contacts_for_notification", len(case_nos)))
+        return {c: CONTACTS[c] for c in case_nos if CONTACTS.get(c)}
 
 
 def with_notify_db(url, use):
@@ -137,6 +144,25 @@ def test_receipt_is_mailed_once_when_the_event_arrives_twice(notify, publish, rp
     assert "尊敬的张三，您好：" in mail.get_body(("plain",)).get_content()
     assert "小区路灯&lt;不亮&gt;" in mail.get_body(("html",)).get_content()
     assert "zhangsan" not in json.dumps(rpc_notify.deliveries(case_no))
+
+
+
+def test_the_receipts_of_many_appeals_ask_intake_for_their_contacts_together(notify, publish, rpc_notify,
+                                                                            smtp_sink):
+    """The senders' batch of claims reads its citizens' contacts from intake in one call, not one
+    call per receipt; each receipt still goes to its own citizen."""
+    cases = [new_case() for _ in range(12)]
+    for n, case_no in enumerate(cases):
+        CONTACTS[case_no] = {"name": f"市民{n}", "phone": "13812345678", "email": f"citizen{n}@example.com"}
+    CONTACT_CALLS.clear()
+    with entrypoint_waiter(notify, "on_appeal_received", timeout=20):
+        BatchPublisher(notify.config["AMQP_URI"]).publish([received(c) for c in cases])
+    for n, case_no in enumerate(cases):
+        [mail] = wait_until(lambda: smtp_sink.received(Subject=case_no), what=f"the receipt of {case_no}")
+        assert mail["X-RcptTo"] == f"citizen{n}@example.com"
+    batched = [n for method, n in CONTACT_CALLS if method == "contacts_for_notification"]
+    singles = [n for method, n in CONTACT_CALLS if method == "contact_for_notification"]
+    assert sum(batched) == 12 and len(batched) < 12 and not singles, CONTACT_CALLS
 
 
 @pytest.fixture

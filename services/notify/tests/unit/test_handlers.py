@@ -723,3 +723,32 @@ def test_events_and_claims_read_no_directory_while_it_is_fresh(uow):
     # the claim: the due rows with their providers' health in one statement (no read of providers
     # alone), the lanes' heads on PostgreSQL, the lease, the attempts
     assert not [q for q in statements if q.startswith("SELECT providers.")]
+
+
+def test_a_batch_of_claims_reads_its_citizens_contacts_in_one_call():
+    """with_contacts: one call for the citizens of the claims (staff claims need none); a case it
+    did not answer for has no contact, a case outside the batch is asked on its own, and when the
+    batch call fails every send asks for itself."""
+    from types import SimpleNamespace
+    contacts = {"YC1": {"email": "a@example.com"}, "YC2": {"email": "b@example.com"}}
+    single, batches = Contacts(contacts), []
+
+    def together(case_nos):
+        batches.append(list(case_nos))
+        return {c: contacts[c] for c in case_nos if c in contacts}
+    claims = [SimpleNamespace(case_no=c, recipient_kind=kind) for c, kind in
+              (("YC1", "citizen"), ("YC2", "citizen"), ("YC3", "citizen"), ("YC1", "citizen"), ("YC9", "unit"))]
+    base = Outside(citizen_contact=single, channels={}, citizen_contacts=together)
+    sending = handlers.with_contacts(base, claims)
+    assert batches == [["YC1", "YC2", "YC3"]]
+    assert sending.citizen_contact("YC1") == {"email": "a@example.com"}
+    assert sending.citizen_contact("YC3") is None and single.calls == 0
+    assert sending.citizen_contact("YC2") == {"email": "b@example.com"} and single.calls == 0
+    sending.citizen_contact("YC9")
+    assert single.calls == 1
+
+    def failing(case_nos):
+        raise RpcTimeout("intake.contacts_for_notification did not answer within 5s")
+    fallback = handlers.with_contacts(Outside(citizen_contact=single, channels={}, citizen_contacts=failing), claims)
+    assert fallback.citizen_contact("YC2") == {"email": "b@example.com"} and single.calls == 2
+    assert handlers.with_contacts(Outside(citizen_contact=single, channels={}), claims).citizen_contact is single
