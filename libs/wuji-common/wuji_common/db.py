@@ -198,7 +198,7 @@ class UnitOfWork:
         p, now = self._processed, utcnow()
         rows = [{"consumer": consumer, "event_id": event_id, "processed_at": now} for event_id in event_ids]
         return set(self.session.execute(
-            insert_unless_present(self.session, p, rows).returning(p.c.event_id)).scalars())
+            insert_unless_present(self.session, p).returning(p.c.event_id), rows).scalars())
 
     # --- numbering ---------------------------------------------------------------------------------
     def reserve_id(self, table):
@@ -267,9 +267,11 @@ def session_factory(engine):
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def insert_unless_present(session, table, values, **conflict):
-    """``INSERT … ON CONFLICT DO NOTHING`` of ``values`` (a row or a list of rows) on the two databases
-    the platform runs on. For a row that two transactions may create at once: the second waits for
-    the first and skips the row, where a look-up and an insert would fail on the key."""
+def insert_unless_present(session, table, **conflict):
+    """``INSERT … ON CONFLICT DO NOTHING`` into ``table`` on the two databases the platform runs on,
+    to execute with a row or a list of rows (``session.execute(statement, rows)``: one statement,
+    compiled once for any number of rows, not once per row count). For a row that two transactions
+    may create at once: the second waits for the first and skips the row, where a look-up and an
+    insert would fail on the key."""
     dml = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dml.insert(table).values(values).on_conflict_do_nothing(**conflict)
+    return dml.insert(table).on_conflict_do_nothing(**conflict)

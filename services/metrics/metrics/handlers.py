@@ -90,8 +90,8 @@ def _locked_facts(s, model, key_name, keys, now):
     of one order (queues are consumed in parallel) queue up here, and each refold sees the events the
     others committed. SQLite serialises writers anyway, so its FOR UPDATE is a no-op."""
     key = getattr(model, key_name)
-    s.execute(insert_unless_present(s, model.__table__, [{key_name: k, "updated_at": now} for k in keys],
-                                    index_elements=[key_name]))
+    s.execute(insert_unless_present(s, model.__table__, index_elements=[key_name]),
+              [{key_name: k, "updated_at": now} for k in keys])
     facts = s.execute(select(model).where(key.in_(keys)).order_by(key).with_for_update()
                       .execution_options(populate_existing=True)).scalars()
     return {getattr(f, key_name): f for f in facts}

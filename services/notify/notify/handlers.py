@@ -276,8 +276,8 @@ def _remember_citizens(s, envelopes):
     refs = {e["case_no"]: e["data"].get("citizen_ref") for e in envelopes
             if e["type"] == "appeal_received" and e["case_no"] and e["data"].get("citizen_ref")}
     if refs:
-        s.execute(insert_unless_present(s, CaseCitizen.__table__,
-                                        [{"case_no": c, "citizen_ref": r} for c, r in refs.items()]))
+        s.execute(insert_unless_present(s, CaseCitizen.__table__),
+                  [{"case_no": c, "citizen_ref": r} for c, r in refs.items()])
     return refs
 
 
@@ -778,7 +778,7 @@ def _provider_for_update(s, name, now):
     away at the same moment: created with INSERT … ON CONFLICT DO NOTHING, then read FOR UPDATE, so
     the second waits for the first and counts its own failure on top (a plain insert failed on the
     key, and the lane's sender gave up with its claims in flight)."""
-    s.execute(insert_unless_present(s, P, {"name": name, "failures": 0, "down_since": now, "updated_at": now}))
+    s.execute(insert_unless_present(s, P), {"name": name, "failures": 0, "down_since": now, "updated_at": now})
     return s.get(Provider, name, with_for_update=True, populate_existing=True)
 
 
