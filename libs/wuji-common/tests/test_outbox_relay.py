@@ -1,6 +1,7 @@
 """The outbox relay against the real broker and both databases: events leave only when the broker
 confirmed and routed them; nothing is lost when no queue is bound yet; duplicates are dropped."""
 import json
+import time
 
 from kombu import Connection
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
@@ -152,3 +153,29 @@ def test_two_relays_claim_different_rows(db_url, amqp_uri):
     assert len(a) == 100 and len(b) == 50
     assert [r.id for r in a] == sorted(r.id for r in a) and not {r.id for r in a} & {r.id for r in b}
     assert second._claim() == []
+
+
+def test_events_handed_over_at_commit_are_published_without_a_claim_and_rescued_if_never_published(
+        db_url, amqp_uri):
+    """A unit of work that hands its events to its relay writes their rows claimed for it: another
+    relay's poll leaves them alone; the relay publishes and marks them; and events whose process
+    died before publishing are published by any relay once the claim has run out."""
+    engine, _, relay = setup(db_url, amqp_uri)
+    handed = []
+    uow = lambda: UnitOfWork(session_factory(engine), metadata, "intake",  # noqa: E731
+                             on_commit=handed.extend, handoff_seconds=0.5)
+    tap = EventTap(amqp_uri, ("intake", "appeal_rated"))
+    try:
+        for n in range(3):
+            rated(uow, n)
+        assert [e["case_no"] for e in handed] == ["YC0", "YC1", "YC2"]
+        assert relay.publish_pending() == 0 and unpublished(engine) == 3   # claimed by their writer
+        assert relay.publish_handed(handed[:2]) == 2 and unpublished(engine) == 1
+        assert {e["case_no"] for e in tap.wait_for(lambda evs: len(evs) >= 2)} == {"YC0", "YC1"}
+        # YC2's process "died" before publishing it: once its claim has run out, a poll sends it
+        time.sleep(0.6)
+        assert relay.publish_pending() == 1 and unpublished(engine) == 0
+        assert sorted(e["case_no"] for e in tap.wait_for(lambda evs: len(evs) >= 3)) == ["YC0", "YC1", "YC2"]
+    finally:
+        tap.close()
+        relay.publisher.close()

@@ -10,7 +10,7 @@ own Alembic history:
 - ``idempotency_keys``: the first result of every mutating call, so a retry returns it again.
 """
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import (
     JSON, Column, DateTime, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
@@ -131,13 +131,17 @@ class UnitOfWork:
     back together. Rolls back unless :meth:`commit` is called. No framework imports: handlers take a
     unit of work and are tested with SQLite or a fake."""
 
-    def __init__(self, session_factory, metadata, source, on_commit=None):
+    def __init__(self, session_factory, metadata, source, on_commit=None, handoff_seconds=None):
         self._session_factory = session_factory
         self._outbox = metadata.tables["outbox"]
         self._processed = metadata.tables["processed_events"]
         self._idempotency = metadata.tables["idempotency_keys"]
         self.source = source
         self._on_commit = on_commit
+        # events handed to this process's relay at commit (``on_commit``) are written claimed for
+        # it, for this long: no other relay takes them meanwhile, and if this process dies before
+        # publishing them, any relay does once the claim has run out
+        self._handoff = timedelta(seconds=handoff_seconds) if handoff_seconds else None
         self.session = None
         self.events = []
         self._ids_ahead = {}
@@ -156,9 +160,12 @@ class UnitOfWork:
 
     def commit(self):
         if self.events:
+            now = utcnow()
+            claimed_until = now + self._handoff if self._handoff and self._on_commit else None
             self.session.execute(insert(self._outbox), [
                 {"event_id": e["event_id"], "event_type": e["type"], "exchange": f"{e['source']}.events",
-                 "payload": json.dumps(e, ensure_ascii=False), "created_at": utcnow()}
+                 "payload": json.dumps(e, ensure_ascii=False), "created_at": now,
+                 "claimed_until": claimed_until}
                 for e in self.events
             ])
         self.session.commit()

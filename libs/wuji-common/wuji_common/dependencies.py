@@ -46,10 +46,15 @@ class Database(DependencyProvider):
     Config: ``DB_URL``; ``DB_POOL_SIZE`` (PostgreSQL connections kept open; default ``max_workers``
     + 2, so that every worker and the relay keep theirs: a pool smaller than that closes and opens a
     connection per transaction under load, and PostgreSQL forks a backend for each) and
-    ``DB_MAX_OVERFLOW`` (default 4, for the odd burst beyond); ``OUTBOX_POLL_SECONDS`` (default 1)
-    for rows left by a crash or another instance; a commit that emitted events wakes the relay,
-    which waits ``OUTBOX_LINGER_MS`` (default 2) for the commits right behind it, so that one claim
-    and one confirm window carry them all.
+    ``DB_MAX_OVERFLOW`` (default 4, for the odd burst beyond).
+
+    A commit that emitted events hands them to the relay of its process, which publishes them at
+    once (what commits while it publishes goes in its next confirm window) and marks them: their
+    outbox rows were written claimed for this relay for ``OUTBOX_HANDOFF_SECONDS`` (default 5), so
+    no claim statement is needed, and should the process die first, any relay publishes them once
+    that claim has run out. Every ``OUTBOX_POLL_SECONDS`` (default 1) the relay also claims and
+    publishes rows nobody handed it: a dead instance's, a command's. ``OUTBOX_LINGER_MS`` (default 0)
+    lets a woken relay wait for the commits right behind the first.
     """
 
     def __init__(self, metadata):
@@ -61,8 +66,10 @@ class Database(DependencyProvider):
         self.session_factory = session_factory(self.engine)
         self.source = self.container.service_name
         self.poll_seconds = float(config.get("OUTBOX_POLL_SECONDS", 1))
-        self.linger = float(config.get("OUTBOX_LINGER_MS", 2)) / 1000
-        self._backlog_read = 0.0
+        self.linger = float(config.get("OUTBOX_LINGER_MS", 0)) / 1000
+        self.handoff_seconds = float(config.get("OUTBOX_HANDOFF_SECONDS", 5))
+        self._handed = []   # committed events waiting for this relay, in commit order
+        self._backlog_read = self._polled = 0.0
         self.relay = OutboxRelay(self.engine, self.metadata.tables["outbox"],
                                  BatchPublisher(config["AMQP_URI"]))
         self._wake = Event()
@@ -84,7 +91,9 @@ class Database(DependencyProvider):
         self._running = False
         self.relay.publisher.close()
 
-    def _poke(self, _events=None):
+    def _poke(self, events=None):
+        if events:
+            self._handed.extend(events)
         if not self._wake.ready():
             self._wake.send(True)
 
@@ -97,11 +106,18 @@ class Database(DependencyProvider):
                 eventlet.sleep(self.linger)
             self._wake = Event()
             try:
-                while self._running:
-                    published = self.relay.publish_pending()
-                    metrics.OUTBOX_PUBLISHED.labels(service).inc(published)
-                    if published < self.relay.batch_size:
-                        break
+                while self._handed:
+                    batch = self._handed[:self.relay.batch_size]
+                    del self._handed[:len(batch)]
+                    metrics.OUTBOX_PUBLISHED.labels(service).inc(self.relay.publish_handed(batch))
+                if time.monotonic() - self._polled >= self.poll_seconds:
+                    # what nobody handed over: a dead instance's rows, a command's, unrouted ones
+                    self._polled = time.monotonic()
+                    while self._running:
+                        published = self.relay.publish_pending()
+                        metrics.OUTBOX_PUBLISHED.labels(service).inc(published)
+                        if published < self.relay.batch_size:
+                            break
                 if time.monotonic() - self._backlog_read >= self.poll_seconds:
                     # a gauge for scrapes: at most once per poll interval, not after every commit
                     self._backlog_read = time.monotonic()
@@ -109,13 +125,15 @@ class Database(DependencyProvider):
                     metrics.OUTBOX_BACKLOG.labels(service).set(backlog)
                     metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)
             except Exception:
-                # broker or database away: everything stays in the outbox and is retried
+                # broker or database away: everything stays in the outbox and is retried (handed
+                # events once their claim has run out)
                 log.warning("outbox relay of %s failed; retrying", service, exc_info=True)
                 eventlet.sleep(min(5.0, self.poll_seconds * 2))
 
     def get_dependency(self, worker_ctx):
         def unit_of_work():
-            return UnitOfWork(self.session_factory, self.metadata, self.source, on_commit=self._poke)
+            return UnitOfWork(self.session_factory, self.metadata, self.source, on_commit=self._poke,
+                              handoff_seconds=self.handoff_seconds)
         return unit_of_work
 
 

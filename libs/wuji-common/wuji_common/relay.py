@@ -155,16 +155,31 @@ class OutboxRelay:
             raise
         ids_by_event = {env["event_id"]: r.id for env, r in zip(envelopes, rows)}
         done = [ids_by_event[e] for e in routed]
-        unrouted = [r.id for r in rows if r.id not in set(done)]
+        self._mark(self.outbox.c.id, done, [r.id for r in rows if r.id not in set(done)])
+        return len(done)
+
+    def publish_handed(self, envelopes):
+        """Publish events their writer handed over at commit: their rows were written claimed for
+        this relay (``UnitOfWork(handoff_seconds=...)``), so there is nothing to claim, one statement
+        and a transaction less per batch. Marked as :meth:`publish_pending` marks; if publishing
+        fails, the rows stay claimed until the claim runs out and a poll takes them up."""
+        if not envelopes:
+            return 0
+        routed = self.publisher.publish(envelopes)
+        event_ids = [e["event_id"] for e in envelopes]
+        self._mark(self.outbox.c.event_id, [e for e in event_ids if e in routed],
+                   [e for e in event_ids if e not in routed])
+        return len(routed)
+
+    def _mark(self, column, done, unrouted):
         with self.engine.begin() as conn:
             if done:
-                conn.execute(update(self.outbox).where(self.outbox.c.id.in_(done))
+                conn.execute(update(self.outbox).where(column.in_(done))
                              .values(published_at=utcnow(), claimed_until=None))
             if unrouted:
                 # retried after a short pause rather than in a hot loop
-                conn.execute(update(self.outbox).where(self.outbox.c.id.in_(unrouted))
+                conn.execute(update(self.outbox).where(column.in_(unrouted))
                              .values(claimed_until=utcnow() + timedelta(seconds=2)))
-        return len(done)
 
     def _release(self, ids):
         with self.engine.begin() as conn:
