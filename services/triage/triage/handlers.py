@@ -13,9 +13,11 @@
 """
 import csv
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import wraps
+from types import SimpleNamespace
 from uuid import uuid4
 
 from marshmallow import ValidationError as SchemaError
@@ -109,6 +111,7 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
     results = [None] * len(envelopes)
     reference = {}  # divisions and units read for this batch (reference data: read once)
     with uow:
+        reference.update(_reference_read(uow.session))
         fresh = {e["event_id"] for e in uow.first_deliveries(consumer, envelopes)}
         handled = []
         for n, envelope in enumerate(envelopes):
@@ -136,8 +139,7 @@ def _read_for_batch(uow, case_nos, payloads, reference):
     which the appeals of the batch then add to as they are stored."""
     s = uow.session
     codes = {c for p in payloads for c in (p["town_code"], p["village_code"]) if c}
-    _read_once(reference.setdefault("divisions", {}), sorted(codes), lambda missing: {
-        d.code: d for d in s.execute(select(Division).where(Division.code.in_(missing))).scalars()})
+    _read_once(reference.setdefault("divisions", {}), sorted(codes), lambda missing: _divisions(s, missing))
     people = sorted({(p["citizen_ref"], p["town_code"]) for p in payloads if p["citizen_ref"]})
     histories = reference.setdefault("histories", {})
     if people:
@@ -236,8 +238,7 @@ def _location(s, town_code, village_code, reference=None):
     ``reference`` (a dict) keeps the divisions read, for the next appeals of a batch."""
     codes = [town_code, village_code] if village_code else [town_code]
     found = _read_once({} if reference is None else reference.setdefault("divisions", {}), codes,
-                       lambda missing: {d.code: d for d in s.execute(
-                           select(Division).where(Division.code.in_(missing))).scalars()})
+                       lambda missing: _divisions(s, missing))
     town = found.get(town_code)
     if town is None or town.level != "town":
         raise ValidationError("appeal_received for an unknown town",
@@ -246,6 +247,30 @@ def _location(s, town_code, village_code, reference=None):
     if village is None or village.parent_code != town_code:
         village_code = None  # route to the town office rather than to a wrong grid worker
     return town_code, village_code
+
+
+# Reference data (divisions, units) read by this process, per database: read once, not per batch.
+# ``load_reference`` through this process clears it; a load through another (the triage command)
+# is seen within REFERENCE_TTL seconds.
+REFERENCE_TTL = 60.0
+_reference_by_database = {}
+
+
+def _reference_read(s):
+    """{"divisions": {...}, "units": {...}} this process has read from the session's database."""
+    key = str(s.get_bind().url)
+    read_at, known = _reference_by_database.get(key, (0.0, None))
+    if known is None or time.monotonic() - read_at > REFERENCE_TTL:
+        known = {"divisions": {}, "units": {}}
+        _reference_by_database[key] = (time.monotonic(), known)
+    return known
+
+
+def _divisions(s, codes):
+    """{code: division} of the codes that exist, as plain values (kept beyond the session)."""
+    with s.no_autoflush:  # reference data, which routing never writes
+        return {d.code: SimpleNamespace(code=d.code, level=d.level, parent_code=d.parent_code)
+                for d in s.execute(select(Division).where(Division.code.in_(codes))).scalars()}
 
 
 def _unit_lookup(s, reference=None):
@@ -972,4 +997,5 @@ def load_reference(uow, divisions, units):
             s.merge(Unit(code=row["code"], name=row["name"], type=row["type"],
                          town_code=row["town_code"] or None, village_code=row["village_code"] or None))
         uow.commit()
+    _reference_by_database.clear()
     return len(divisions) + len(units)

@@ -427,3 +427,26 @@ def test_a_person_with_more_earlier_appeals_than_the_batch_reads_is_still_found_
              for n in (501, 502)]
     results = handlers.dispatch_appeals(db(), router, CONSUMER, again, now=T0 + timedelta(hours=7))
     assert [r["repeat_of"] for r in results] == [lamp["repeat_of"] or "YC20261125000500"] * 2
+
+
+def test_reference_data_is_read_once_per_process_and_again_after_a_load(db, router, appeal_received):
+    """Divisions and units are read by the first batch only; a load through this process is seen
+    by the next batch (a load elsewhere within REFERENCE_TTL)."""
+    from wuji_common import reference
+    handlers.load_reference(db(), list(reference.divisions()), list(reference.units()))
+
+    def dispatch(n):
+        return handlers.dispatch_appeals(db(), router, CONSUMER, [appeal_received(
+            case_no=f"YC20261125{n:06d}", citizen_ref=None, village_code=JINSI)], now=T0)[0]
+
+    def reference_reads(statements):
+        return [s for s in statements if "FROM units" in s or "FROM divisions" in s]
+    assert reference_reads(_statements(db, lambda: dispatch(1)))
+    assert reference_reads(_statements(db, lambda: dispatch(2))) == []
+    units = [dict(u, name="金寺村网格员（新）") if u["code"] == GRID else u for u in reference.units()]
+    handlers.load_reference(db(), list(reference.divisions()), units)
+    assert dispatch(3)["unit_code"] == GRID
+    with db() as uow:
+        order = uow.session.execute(select(WorkOrder).where(WorkOrder.case_no == "YC20261125000003")).scalar_one()
+        assert order.unit_name == "金寺村网格员（新）"
+    handlers.load_reference(db(), list(reference.divisions()), list(reference.units()))
