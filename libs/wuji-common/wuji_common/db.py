@@ -10,11 +10,12 @@ own Alembic history:
 - ``idempotency_keys``: the first result of every mutating call, so a retry returns it again.
 """
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import (
     JSON, Column, DateTime, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
-    event, insert, select, text,
+    event, exc, insert, select, text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
@@ -73,18 +74,14 @@ PING_AFTER_IDLE_SECONDS = 2.0
 
 
 def _ping_when_idle(engine, seconds):
-    import time as _time
-
-    from sqlalchemy import exc
-
     @event.listens_for(engine, "checkin")
     def _checked_in(dbapi_conn, record):
-        record.info["idle_since"] = _time.monotonic()
+        record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
     def _checked_out(dbapi_conn, record, proxy):
         idle_since = record.info.get("idle_since")
-        if idle_since is None or _time.monotonic() - idle_since < seconds:
+        if idle_since is None or time.monotonic() - idle_since < seconds:
             return
         try:
             if not engine.dialect.do_ping(dbapi_conn):

@@ -154,8 +154,8 @@ class OutboxRelay:
             self._release([r.id for r in rows])
             raise
         ids_by_event = {env["event_id"]: r.id for env, r in zip(envelopes, rows)}
-        done = [ids_by_event[e] for e in routed]
-        self._mark(self.outbox.c.id, done, [r.id for r in rows if r.id not in set(done)])
+        done = {ids_by_event[e] for e in routed}
+        self._mark(self.outbox.c.id, sorted(done), [r.id for r in rows if r.id not in done])
         return len(done)
 
     def publish_handed(self, envelopes):

@@ -109,9 +109,11 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
         else [None] * len(payloads)
     now = now or domain.utcnow()
     results = [None] * len(envelopes)
-    reference = {}  # divisions and units read for this batch (reference data: read once)
+    # what the batch has read and added: the process's divisions and units, the cases' orders, the
+    # people's histories, the batch's appeals and the clusters they joined
+    batch = {}
     with uow:
-        reference.update(_reference_read(uow.session))
+        batch.update(_reference_read(uow.session))
         fresh = {e["event_id"] for e in uow.first_deliveries(consumer, envelopes)}
         handled = []
         for n, envelope in enumerate(envelopes):
@@ -121,10 +123,10 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
         if handled:
             # what the batch's appeals ask of the database, read once for all of them
             _read_for_batch(uow, [envelopes[n]["case_no"] for n in handled],
-                            [payloads[n] for n in handled], reference)
+                            [payloads[n] for n in handled], batch)
         for n in handled:
             results[n] = _dispatch(uow, router, index, envelopes[n], payloads[n], assessments[n],
-                                   signatures[n], now, reference)
+                                   signatures[n], now, batch)
         if handled:
             if on_handled is not None:
                 on_handled(uow, [envelopes[n] for n in handled])
@@ -132,16 +134,16 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
     return results
 
 
-def _read_for_batch(uow, case_nos, payloads, reference):
+def _read_for_batch(uow, case_nos, payloads, batch):
     """One read per question for the whole batch, instead of one per appeal: the work orders the
     cases have already, the divisions they name, the earlier appeals of the people who wrote (and
-    those appeals' orders), and the ids the new orders will be numbered by. Kept in ``reference``,
+    those appeals' orders), and the ids the new orders will be numbered by. Kept in ``batch``,
     which the appeals of the batch then add to as they are stored."""
     s = uow.session
     codes = {c for p in payloads for c in (p["town_code"], p["village_code"]) if c}
-    _read_once(reference.setdefault("divisions", {}), sorted(codes), lambda missing: _divisions(s, missing))
+    _read_once(batch.setdefault("divisions", {}), sorted(codes), lambda missing: _divisions(s, missing))
     people = sorted({(p["citizen_ref"], p["town_code"]) for p in payloads if p["citizen_ref"]})
-    histories = reference.setdefault("histories", {})
+    histories = batch.setdefault("histories", {})
     if people:
         recent = (select(Appeal, func.row_number().over(
                       partition_by=(Appeal.citizen_ref, Appeal.town_code),
@@ -156,14 +158,14 @@ def _read_for_batch(uow, case_nos, payloads, reference):
                 histories[(row.citizen_ref, row.town_code)].append(row)
         for key, found in histories.items():
             # more than the limit: the person's history is read per appeal, limited by the database
-            if found is not None and len(found) > EARLIER_LIMIT:
+            if len(found) > EARLIER_LIMIT:
                 histories[key] = None
     earlier = [a.case_no for found in histories.values() if found for a in found]
-    _active_orders(s, [*case_nos, *earlier], reference)
+    _active_orders(s, [*case_nos, *earlier], batch)
     uow.reserve_ids_ahead("work_orders", len(case_nos))
 
 
-def _dispatch(uow, router, index, envelope, data, assessment, signature, now, reference):
+def _dispatch(uow, router, index, envelope, data, assessment, signature, now, batch):
     """One appeal of :func:`dispatch_appeals`, inside its transaction, its event seen for the first
     time. Returns the summary of its new order, or None when the appeal already has one."""
     case_no = envelope["case_no"]
@@ -171,12 +173,12 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, re
     received_at = aware(_timestamp(data["received_at"])).astimezone(timezone.utc)
     detection = router.taxonomy.detection
     s = uow.session
-    if _active_orders(s, [case_no], reference).get(case_no) is not None:
+    if _active_orders(s, [case_no], batch).get(case_no) is not None:
         return None  # the dedup record stays: this event is done with
     neighbours = index.neighbours(
         signature, data["town_code"], received_at - timedelta(hours=detection.hotspot_window_hours),
         detection.hotspot_min_similarity, exclude=case_no)[:MAX_NEIGHBOURS] if index is not None else []
-    town_code, village_code = _location(s, data["town_code"], data["village_code"], reference)
+    town_code, village_code = _location(s, data["town_code"], data["village_code"], batch)
     # no order yet, so no appeal row yet either (a racing duplicate clashes on the key and retries)
     appeal = Appeal(case_no=case_no, channel=data["channel"], title=title, content=content,
                     town_code=town_code, village_code=village_code, citizen_ref=data["citizen_ref"],
@@ -185,10 +187,10 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, re
                     urgency=assessment.urgency, cross_level=False,
                     risk_reasons=json.dumps(_reasons(assessment.flags), ensure_ascii=False))
     s.add(appeal)
-    reference.setdefault("appeals", {})[case_no] = appeal
-    units = _unit_lookup(s, reference)
+    batch.setdefault("appeals", {})[case_no] = appeal
+    units = _unit_lookup(s, batch)
     # the person's earlier appeals, read once for the repeat and cross-level rules
-    memo = _memo_for(appeal, reference)
+    memo = _memo_for(appeal, batch)
     repeat = _repeat_of(s, router, index, appeal, assessment.item, signature, memo)
     if repeat is not None and repeat.order is not None and repeat.order.status != "pending_review":
         # the same matter again: the unit that has it handles it again
@@ -204,16 +206,17 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, re
     order = _open_order(uow, appeal, routing, now, review_reason=assessment.review if held else None,
                         label=assessment.label)
     # the next appeals of the batch see this one and its order, as they would in the database
-    reference.setdefault("orders", {})[case_no] = order
-    if appeal.citizen_ref and reference.get("histories", {}).get((appeal.citizen_ref, appeal.town_code)) is not None:
-        reference["histories"][(appeal.citizen_ref, appeal.town_code)].append(appeal)
+    batch.setdefault("orders", {})[case_no] = order
+    history = batch.get("histories", {}).get((appeal.citizen_ref, appeal.town_code))
+    if history is not None:
+        history.append(appeal)
     if assessment.flags:
         _flag_urgent(uow, appeal, order, routing, assessment, held)
     if repeat is not None:
         _link_repeat(uow, appeal, order, routing, repeat, held)
     _check_cross_level(uow, router, index, appeal, order, routing, signature, held, memo)
     if neighbours:
-        _cluster(uow, router.taxonomy, appeal, routing.item, neighbours, now, reference)
+        _cluster(uow, router.taxonomy, appeal, routing.item, neighbours, now, batch)
     if index is not None:
         # now, not after the commit: the next appeal of the batch must find this one. Should the
         # batch roll back, the entry stays until it expires; the appeals it points at are looked up
@@ -440,12 +443,12 @@ def _same_matter_before(s, router, index, appeal, item, signature, since=None, l
     return found
 
 
-def _memo_for(appeal, reference):
+def _memo_for(appeal, batch):
     """The memo of one appeal's repeat and cross-level rules (:func:`_same_matter_before`), from
     what :func:`_read_for_batch` read: the orders known to the batch, and the person's earlier
     appeals in the town (None when there are more than EARLIER_LIMIT: then read per appeal)."""
-    memo = {"orders": reference.setdefault("orders", {})}
-    histories = reference.get("histories", {})
+    memo = {"orders": batch.setdefault("orders", {})}
+    histories = batch.get("histories", {})
     key = (appeal.citizen_ref, appeal.town_code)
     if appeal.citizen_ref and key in histories:
         found = histories[key]
@@ -530,7 +533,7 @@ def _check_cross_level(uow, router, index, appeal, order, routing, signature, he
         "level": level, "reception_level": appeal.reception_level, "channel": appeal.channel})
 
 
-def _cluster(uow, taxonomy, appeal, item, neighbours, now, batch=None):
+def _cluster(uow, taxonomy, appeal, item, neighbours, now, batch):
     """热点: join the cluster a near-duplicate neighbour is in, or open one when enough people wrote
     about it (``hotspot_detected``, once per cluster).
 
@@ -539,7 +542,6 @@ def _cluster(uow, taxonomy, appeal, item, neighbours, now, batch=None):
     are added from there, so that the batch's rows are written together at its end."""
     s = uow.session
     detection = taxonomy.detection
-    batch = {} if batch is None else batch
     joined = batch.setdefault("joined", {})      # case_no → Hotspot, joined or opened in this batch
     added = batch.setdefault("appeals", {})      # case_no → Appeal, added in this batch
     similarity = dict(neighbours)
