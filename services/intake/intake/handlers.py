@@ -345,8 +345,12 @@ def apply_order_events(uow, consumer, envelopes, on_handled=None):
         if not new:
             return 0
         s = uow.session
+        # locked, in case order: the order events of one case arrive on queues consumed in parallel
+        # (accepted and resolved moments apart), and each projection must see the other's commit,
+        # or the one that commits last writes back the status it read (a lost update)
         appeals = {a.case_no: a for a in s.execute(select(Appeal).where(
-            Appeal.case_no.in_(sorted({e["case_no"] for e in new})))).scalars()}
+            Appeal.case_no.in_(sorted({e["case_no"] for e in new}))).order_by(Appeal.case_no)
+            .with_for_update()).scalars()}
         for envelope in new:
             appeal = appeals.get(envelope["case_no"])
             if appeal is None:

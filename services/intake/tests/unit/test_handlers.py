@@ -1,5 +1,6 @@
 """intake's use cases against a real database (SQLite and PostgreSQL), no broker."""
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -196,6 +197,30 @@ def test_rating_follows_the_order_to_resolution(intake_db, appeal_payload):
     rated = handlers.rate_appeal(uow(), case_no, token, {"satisfaction": "unsatisfied"}, "r1")
     assert handlers.rate_appeal(uow(), case_no, token, {"satisfaction": "unsatisfied"}, "r1") == rated
     assert [e["type"] for e in outbox_events(uow)] == ["appeal_received", "appeal_rated"]
+
+
+def test_order_events_of_one_case_projected_at_once_do_not_undo_each_other(intake_db, appeal_payload):
+    """accepted and resolved come off different queues moments apart and are projected in two
+    transactions at once: the one that commits last must not write back the status it read."""
+    import threading
+    url, uow = intake_db
+    if not url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time")
+    case_no = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")["case_no"]
+    handlers.apply_order_event(uow(), "intake.test", order_event(case_no, "order_dispatched"))
+    resolved_done = threading.Event()
+
+    def accepted_waits(_uow, _envelopes):
+        # holds its transaction open; if it held no lock, resolved would commit meanwhile
+        resolved_done.wait(timeout=1.0)
+    accepted = threading.Thread(target=handlers.apply_order_events, args=(
+        uow(), "intake.test", [order_event(case_no, "order_accepted")], accepted_waits))
+    accepted.start()
+    time.sleep(0.2)
+    handlers.apply_order_events(uow(), "intake.test", [order_event(case_no, "order_resolved")])
+    resolved_done.set()
+    accepted.join()
+    assert handlers.staff_view(uow(), case_no)["status"] == "resolved"
 
 
 def test_duplicate_order_event_is_applied_once(intake_db, appeal_payload):
