@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from types import SimpleNamespace
 
 from marshmallow import ValidationError as SchemaError
-from sqlalchemy import Column, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import Column, MetaData, String, Table, Text, bindparam, insert, select, update
 
 from intake import domain, encryption
 from intake.models import Appeal, CitizenContact, Division, TimelineEntry
@@ -377,37 +377,49 @@ def apply_order_events(uow, consumer, envelopes, on_handled=None):
         # locked, in case order: the order events of one case arrive on queues consumed in parallel
         # (accepted and resolved moments apart), and each projection must see the other's commit,
         # or the one that commits last writes back the status it read (a lost update)
-        appeals = {a.case_no: a for a in s.execute(select(Appeal).where(
+        # (only the columns a projection changes: the ORM loaded the whole appeal, content and all)
+        appeals = {r.case_no: dict(r._mapping) for r in s.execute(select(*PROJECTED).where(
             Appeal.case_no.in_(sorted({e["case_no"] for e in new}))).order_by(Appeal.case_no)
-            .with_for_update()).scalars()}
+            .with_for_update())}
+        timeline = []
         for envelope in new:
             appeal = appeals.get(envelope["case_no"])
             if appeal is None:
                 raise NotFound(f"order event for unknown case {envelope['case_no']}")
-            _project(s, appeal, envelope)
+            timeline.append(_project(appeal, envelope))
+        s.execute(update(Appeal.__table__).where(Appeal.case_no == bindparam("projected_case_no")).values(
+            {c.key: bindparam(f"projected_{c.key}") for c in PROJECTED[1:]}),
+            [{f"projected_{k}": v for k, v in a.items()} for a in appeals.values()])
+        s.execute(insert(TimelineEntry.__table__), timeline)
         if on_handled is not None:
             on_handled(uow, new)
         uow.commit()
         return len(new)
 
 
-def _project(s, appeal, envelope):
+# what the projection of order events reads and writes back (the key first)
+PROJECTED = (Appeal.case_no, Appeal.status, Appeal.updated_at, Appeal.unit_name, Appeal.unit_code,
+             Appeal.resolve_due_at, Appeal.version)
+
+
+def _project(appeal, envelope):
+    """Apply one order event to ``appeal`` (a dict of :data:`PROJECTED`); returns its timeline row."""
     event_type, data = envelope["type"], envelope["data"]
     status = domain.STATUS_AFTER[event_type]
     at = datetime.fromisoformat(envelope["occurred_at"])
     if event_type == "order_dispatched":
-        appeal.unit_name = data["unit_name"]
-        appeal.unit_code = data["unit_code"]  # whose head may see the contact (reveal_contact)
+        appeal["unit_name"] = data["unit_name"]
+        appeal["unit_code"] = data["unit_code"]  # whose head may see the contact (reveal_contact)
     # queues of different event types are consumed concurrently: a late event must not turn
     # the status back (accepted arriving after resolved stays in the timeline only)
-    if status and at > _aware(appeal.updated_at):
-        appeal.status = status
-        appeal.updated_at = at
+    if status and at > _aware(appeal["updated_at"]):
+        appeal["status"] = status
+        appeal["updated_at"] = at
         if data.get("resolve_due_at"):  # dispatched / reopened: the deadline now running
-            appeal.resolve_due_at = datetime.fromisoformat(data["resolve_due_at"]).astimezone(timezone.utc)
-    appeal.version += 1
-    s.add(TimelineEntry(case_no=appeal.case_no, at=at, status=appeal.status,
-                        text=domain.timeline_text(event_type, data)))
+            appeal["resolve_due_at"] = datetime.fromisoformat(data["resolve_due_at"]).astimezone(timezone.utc)
+    appeal["version"] += 1
+    return {"case_no": appeal["case_no"], "at": at, "status": appeal["status"],
+            "text": domain.timeline_text(event_type, data)}
 
 
 def load_divisions(uow, rows):
