@@ -179,3 +179,29 @@ def test_events_handed_over_at_commit_are_published_without_a_claim_and_rescued_
     finally:
         tap.close()
         relay.publisher.close()
+
+
+def test_handed_events_are_published_at_once_and_marked_together_later(db_url, amqp_uri):
+    """With ``mark_every``, a publish of handed events does not wait for its mark: the events reach
+    the broker at once, and the marks of several publishes are written together once it is due. A
+    poll meanwhile leaves the published rows alone (still claimed by their writer)."""
+    engine, _, _ = setup(db_url, amqp_uri)
+    relay = OutboxRelay(engine, outbox, BatchPublisher(amqp_uri), batch_size=100, mark_every=0.3)
+    handed = []
+    uow = lambda: UnitOfWork(session_factory(engine), metadata, "intake",  # noqa: E731
+                             on_commit=handed.extend, handoff_seconds=5)
+    tap = EventTap(amqp_uri, ("intake", "appeal_rated"))
+    try:
+        for n in range(4):
+            rated(uow, n)
+        assert relay.publish_handed(handed[:2]) == 2 and relay.publish_handed(handed[2:]) == 2
+        assert len(tap.wait_for(lambda evs: len(evs) >= 4)) == 4
+        assert unpublished(engine) == 4 and relay.unmarked == 4 and 0 < relay.marks_due_in() <= 0.3
+        assert relay.publish_pending() == 0   # claimed: not published twice
+        time.sleep(0.35)
+        assert relay.marks_due_in() == 0
+        relay.mark_published()
+        assert unpublished(engine) == 0 and relay.unmarked == 0 and relay.marks_due_in() is None
+    finally:
+        tap.close()
+        relay.publisher.close()

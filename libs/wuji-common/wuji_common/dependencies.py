@@ -54,7 +54,9 @@ class Database(DependencyProvider):
     no claim statement is needed, and should the process die first, any relay publishes them once
     that claim has run out. Every ``OUTBOX_POLL_SECONDS`` (default 1) the relay also claims and
     publishes rows nobody handed it: a dead instance's, a command's. ``OUTBOX_LINGER_MS`` (default 0)
-    lets a woken relay wait for the commits right behind the first.
+    lets a woken relay wait for the commits right behind the first. ``OUTBOX_MARK_MS`` (default
+    250) is how often handed events, once published, are marked, all together: publishing is not
+    delayed by it, and it must stay well under the hand-off (see OutboxRelay.publish_handed).
     """
 
     def __init__(self, metadata):
@@ -70,8 +72,12 @@ class Database(DependencyProvider):
         self.handoff_seconds = float(config.get("OUTBOX_HANDOFF_SECONDS", 5))
         self._handed = []   # committed events waiting for this relay, in commit order
         self._backlog_read = self._polled = 0.0
+        mark_every = float(config.get("OUTBOX_MARK_MS", 250)) / 1000
+        if mark_every >= self.handoff_seconds / 2:
+            raise ValueError("OUTBOX_MARK_MS must be well under OUTBOX_HANDOFF_SECONDS: a row not "
+                             "marked when its claim runs out is published twice")
         self.relay = OutboxRelay(self.engine, self.metadata.tables["outbox"],
-                                 BatchPublisher(config["AMQP_URI"]))
+                                 BatchPublisher(config["AMQP_URI"]), mark_every=mark_every)
         self._wake = Event()
         self._running = False
 
@@ -100,7 +106,9 @@ class Database(DependencyProvider):
     def _relay_forever(self):
         service = self.source
         while self._running:
-            with eventlet.Timeout(self.poll_seconds, False):
+            marks_due = self.relay.marks_due_in()
+            with eventlet.Timeout(self.poll_seconds if marks_due is None else min(self.poll_seconds, marks_due),
+                                  False):
                 self._wake.wait()
             if self._wake.ready() and self.linger:
                 eventlet.sleep(self.linger)
@@ -110,6 +118,8 @@ class Database(DependencyProvider):
                     batch = self._handed[:self.relay.batch_size]
                     del self._handed[:len(batch)]
                     metrics.OUTBOX_PUBLISHED.labels(service).inc(self.relay.publish_handed(batch))
+                if self.relay.marks_due_in() == 0 or not self._running:
+                    self.relay.mark_published()
                 if time.monotonic() - self._polled >= self.poll_seconds:
                     # what nobody handed over: a dead instance's rows, a command's, unrouted ones
                     self._polled = time.monotonic()
@@ -122,7 +132,8 @@ class Database(DependencyProvider):
                     # a gauge for scrapes: at most once per poll interval, not after every commit
                     self._backlog_read = time.monotonic()
                     backlog, age = self.relay.backlog()
-                    metrics.OUTBOX_BACKLOG.labels(service).set(backlog)
+                    # published rows waiting for their mark are not a backlog
+                    metrics.OUTBOX_BACKLOG.labels(service).set(max(0, backlog - self.relay.unmarked))
                     metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)
             except Exception:
                 # broker or database away: everything stays in the outbox and is retried (handed

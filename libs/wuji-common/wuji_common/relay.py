@@ -10,6 +10,7 @@ and then collecting the confirms costs one round trip per window.
 """
 import json
 import logging
+import time
 from datetime import timedelta
 
 import amqp
@@ -116,11 +117,15 @@ class OutboxRelay:
     with ``FOR UPDATE SKIP LOCKED`` in a short transaction, published outside any transaction (so no
     lock is held across network I/O), then marked. A claim left by a dead instance expires."""
 
-    def __init__(self, engine, outbox_table, publisher, batch_size=500):
+    def __init__(self, engine, outbox_table, publisher, batch_size=500, mark_every=0.0):
         self.engine = engine
         self.outbox = outbox_table
         self.publisher = publisher
         self.batch_size = batch_size
+        # handed events published but not marked yet (see publish_handed), and when marks were written
+        self.mark_every = mark_every
+        self._published = []
+        self._marked_at = time.monotonic()
 
     def _claim(self):
         now = utcnow()
@@ -161,15 +166,42 @@ class OutboxRelay:
     def publish_handed(self, envelopes):
         """Publish events their writer handed over at commit: their rows were written claimed for
         this relay (``UnitOfWork(handoff_seconds=...)``), so there is nothing to claim, one statement
-        and a transaction less per batch. Marked as :meth:`publish_pending` marks; if publishing
-        fails, the rows stay claimed until the claim runs out and a poll takes them up."""
+        and a transaction less per batch. If publishing fails, the rows stay claimed until the claim
+        runs out and a poll takes them up.
+
+        With ``mark_every`` (seconds), what was published is marked at most that often, for all the
+        batches published meanwhile (:meth:`mark_published`): under load a relay publishes after
+        every commit, and a mark per publish was a transaction per commit. Until marked, the rows
+        stay claimed for this relay (that claim must outlast ``mark_every``); should the process die
+        first, they are published again once the claim runs out and consumers drop the repeats, as
+        when a process dies between confirm and mark."""
         if not envelopes:
             return 0
         routed = self.publisher.publish(envelopes)
         event_ids = [e["event_id"] for e in envelopes]
-        self._mark(self.outbox.c.event_id, [e for e in event_ids if e in routed],
-                   [e for e in event_ids if e not in routed])
+        self._published.extend(e for e in event_ids if e in routed)
+        unrouted = [e for e in event_ids if e not in routed]
+        if unrouted or self.marks_due_in() == 0:
+            self.mark_published(unrouted)
         return len(routed)
+
+    def marks_due_in(self):
+        """Seconds until the published events should be marked (0: now), or None if none wait."""
+        if not self._published:
+            return None
+        return max(0.0, self.mark_every - (time.monotonic() - self._marked_at))
+
+    def mark_published(self, unrouted=()):
+        """Mark what :meth:`publish_handed` published (and put ``unrouted`` back for a retry)."""
+        done, self._published = self._published, []
+        self._marked_at = time.monotonic()
+        if done or unrouted:
+            self._mark(self.outbox.c.event_id, done, list(unrouted))
+
+    @property
+    def unmarked(self):
+        """How many published events wait for their mark."""
+        return len(self._published)
 
     def _mark(self, column, done, unrouted):
         with self.engine.begin() as conn:
