@@ -11,7 +11,9 @@ from notify.channels import (
 )
 from notify.models import metadata
 from wuji_common.db import make_engine
-from wuji_common.dependencies import BoundedRpcProxy, Database, MetricsExporter, pool_settings  # noqa: F401
+from wuji_common.dependencies import (  # noqa: F401
+    BoundedRpcProxy, Database, GroupCommit, MetricsExporter, pool_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +77,11 @@ class Channels(DependencyProvider):
 class DeliveryPolicy(DependencyProvider):
     """Retries (DELIVERY_MAX_ATTEMPTS, DELIVERY_RETRY_BASE_SECONDS, DELIVERY_RETRY_CAP_SECONDS),
     provider probes (PROVIDER_RETRY_BASE_SECONDS, PROVIDER_RETRY_CAP_SECONDS), claim lease
-    (DELIVERY_CLAIM_SECONDS), batches (DELIVERY_BATCH claimed at once, DELIVERY_RECORD_EVERY sends
-    recorded at once), citizens' default quiet hours (QUIET_HOURS), PORTAL_URL, how often the staff
-    directory and the subscribers are read again (DIRECTORY_REFRESH_SECONDS, 2: a change made through
-    another instance takes that long to apply here)."""
+    (DELIVERY_CLAIM_SECONDS), batches (DELIVERY_BATCH claimed at once; DELIVERY_RECORD_EVERY sends
+    recorded at once, or those that waited DELIVERY_RECORD_SECONDS), citizens' default quiet hours
+    (QUIET_HOURS), PORTAL_URL, how often the staff directory and the subscribers are read again
+    (DIRECTORY_REFRESH_SECONDS, 2: a change made through another instance takes that long to apply
+    here)."""
 
     def setup(self):
         c = self.container.config
@@ -92,6 +95,7 @@ class DeliveryPolicy(DependencyProvider):
             claim_seconds=float(c.get("DELIVERY_CLAIM_SECONDS", d.claim_seconds)),
             batch=int(c.get("DELIVERY_BATCH", d.batch)),
             record_every=int(c.get("DELIVERY_RECORD_EVERY", d.record_every)),
+            record_seconds=float(c.get("DELIVERY_RECORD_SECONDS", d.record_seconds)),
             portal_url=c.get("PORTAL_URL", "http://127.0.0.1:8000"),
             default_quiet_hours=c.get("QUIET_HOURS") or "",
             sms_param_limit=int(c.get("SMS_PARAM_MAX_CHARS", d.sms_param_limit)),
@@ -113,6 +117,29 @@ class NotificationRules(DependencyProvider):
         return self.rules
 
 
+class OutcomeRecorder(GroupCommit):
+    """Records the senders' outcomes that simply settle a delivery (sent; skipped or failed with
+    nothing to fall back to) in group commits: what concurrent senders hand in while one
+    transaction is written goes together into the next (``handlers.record_settled``), so that six
+    senders of one-claim lanes cost one transaction, not six. Each sender is answered once its
+    outcomes are committed, with its own results; a batch that fails is written again sender by
+    sender, so that one sender's trouble (say, the database refusing a connection) is its own and
+    its ``_persist`` tries again. Config as :class:`wuji_common.dependencies.GroupCommit`."""
+
+    def setup(self):
+        super().setup()
+        self.database = next(d for d in self.container.dependencies if isinstance(d, Database))
+
+    def write_batch(self, items):
+        unit_of_work = self.database.get_dependency(None)
+        recorded = iter(handlers.record_settled(unit_of_work(), [pair for item in items for pair in item]))
+        return [[next(recorded) for _ in item] for item in items]
+
+    def record(self, settled):
+        """``handlers.send_claims``'s ``record``: [(claim, outcome)] → [Recorded], in order."""
+        return self.submit(list(settled))
+
+
 class Senders(DependencyProvider):
     """Sends reserved deliveries after the event handler has committed the reservation and returned,
     so that the rate at which events are taken off the queue does not fall to the rate at which
@@ -125,11 +152,14 @@ class Senders(DependencyProvider):
     while it records), which sends the lane's claims in order (handlers.send_claims). A sender whose
     lane may have more (the claim left some, or news came while it was busy) wakes the dispatcher
     again. A send cut off by a stop or a crash stays reserved, and the sweep sends it (it runs at
-    start, too)."""
+    start, too). The senders' simple outcomes are recorded together through the service's
+    :class:`OutcomeRecorder`, if it has one (else each sender writes its own)."""
 
     def setup(self):
         import eventlet
         self.pool = eventlet.GreenPool(int(self.container.config.get("SENDERS", 6)))
+        recorder = next((d for d in self.container.dependencies if isinstance(d, OutcomeRecorder)), None)
+        self.record = recorder.record if recorder is not None else None
         self.work = None
         self.dispatching = self.again = self.starved = self.stopping = False
         self.busy = {}  # lane being sent here -> whether news came meanwhile
@@ -189,7 +219,8 @@ class Senders(DependencyProvider):
     def _send(self, claims, outside):
         uow, _, policy, count = self.work
         try:
-            count(handlers.send_claims(uow(), claims, outside, policy, stopping=lambda: self.stopping))
+            count(handlers.send_claims(uow(), claims, outside, policy, stopping=lambda: self.stopping,
+                                       record=self.record))
         except Exception:
             # claimed and unrecorded: taken up again when the claim runs out
             log.warning("sending lane %s failed; left for the sweep", claims[0].id, exc_info=True)

@@ -10,7 +10,9 @@ across the network:
    of each *lane* — one recipient on one channel — so that a recipient hears of two events in the
    order they happened while different recipients are sent to in parallel;
 3. :func:`send_claims` sends one lane's claims in order outside any transaction and records the
-   outcomes in short transactions, several sends at a time.
+   outcomes in short transactions: those that simply settle a delivery (sent; skipped or failed
+   with no fallback) several at a time, and those of many senders together
+   (:func:`record_settled`, through the service's group commit).
 
 :func:`deliver` (one delivery and whatever is ahead of it in its lane) and :func:`send_due` (all
 that is due) run these steps one after the other; the service runs one lane per sender.
@@ -42,7 +44,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
 from marshmallow import ValidationError as SchemaError
-from sqlalchemy import bindparam, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, null, or_, select, tuple_, update
 from sqlalchemy.exc import OperationalError
 
 from notify import content, domain
@@ -93,6 +95,8 @@ class Policy:
     batch: int = 100                   # deliveries claimed in one transaction
     record_every: int = 8              # sends recorded in one transaction (at most this many are
     #                                    sent again, same delivery id, after a crash)
+    record_seconds: float = 1.0        # ... or sooner, once the oldest of them waited this long (a
+    #                                    slow lane does not keep what it sent unrecorded)
     portal_url: str = ""
     default_quiet_hours: str = ""      # for citizens without their own; "" = none
     sms_param_limit: int = 35
@@ -134,6 +138,7 @@ class Claim:
     lane: str = ""
     lease: datetime | None = None      # the claim's claimed_until: whoever still holds it may record
     probe: bool = False                # the one try of a provider that was away
+    fallback: tuple = ()               # the channels still to try after this one, in order
 
 
 @dataclass(frozen=True)
@@ -597,7 +602,7 @@ def _claim(r, lease, staff, subscribers, probe):
         context=dict(r.context or {}), urgent=bool(r.urgent), attempts=r.attempts + 1,
         staff=staff.get(code) if kind != SUBSCRIBER and r.recipient_kind != CITIZEN else None,
         subscriber=subscribers.get(code) if kind == SUBSCRIBER else None,
-        lane=r.lane, lease=lease, probe=probe)
+        lane=r.lane, lease=lease, probe=probe, fallback=tuple(r.fallback or ()))
 
 
 def claim_delivery(uow, delivery_id, policy, now=None):
@@ -782,31 +787,89 @@ def _provider_for_update(s, name, now):
     return s.get(Provider, name, with_for_update=True, populate_existing=True)
 
 
-def record_sent(uow, sent, now=None):
-    """Record many sends at once (``sent``: [(claim, outcome)]); returns [(channel, status)], status
-    None for a claim another sender had taken over. A provider that answered is healthy again."""
+def settles_simply(claim, outcome):
+    """Whether ``outcome`` ends ``claim``'s delivery with nothing more to do: sent, or skipped or
+    failed with no channel left to fall back to. Those many senders record together
+    (:func:`record_settled`); a retry, a provider away or a fallback to reserve go through
+    :func:`record_outcome`."""
+    return outcome.status == SENT or (outcome.status in (SKIPPED, FAILED) and not claim.fallback)
+
+
+def record_settled(uow, settled, now=None):
+    """Record many outcomes that :func:`settles_simply` (``settled``: [(claim, outcome)], of any
+    lanes and senders) in one transaction, a few statements whatever their number; returns a
+    :class:`Recorded` per pair, in order, status None for a claim that no longer holds its delivery
+    (its lease ran out and another sender took it over, or it was given back: the other's outcome
+    wins). As :func:`record_outcome` would, one by one: the delivery ends sent, skipped or failed,
+    its attempt is finished (written now if the send never got as far as writing it), and a probe
+    that went through makes its provider healthy again."""
+    if not settled:
+        return []
     now = now or _now()
-    groups = {}
-    for claim, outcome in sent:
-        groups.setdefault((claim.lease, outcome.address), []).append(claim.id)
+    by_lease = {}
+    for claim, _ in settled:
+        by_lease.setdefault(claim.lease, []).append(claim.id)
     with uow:
         s = uow.session
-        recorded = 0
-        for (lease, address), ids in groups.items():
-            recorded += s.execute(update(D).where(D.c.id.in_(ids), D.c.status == PENDING, D.c.claimed_until == lease)
-                                  .values(status=SENT, sent_at=now, next_attempt_at=None, last_error=None,
-                                          claimed_until=None, updated_at=now, address=address)).rowcount
-        s.execute(update(A).where(tuple_(A.c.delivery_id, A.c.number).in_([(c.id, c.attempts) for c, _ in sent]),
-                                  A.c.outcome == "sending").values(outcome=SENT, finished_at=now))
-        probed = {c.provider for c, _ in sent if c.probe}
-        if probed:  # it answered: its lanes drain (one that went away after a claim has its own probe)
-            s.execute(delete(P).where(P.c.name.in_(probed)))
+        # the rows still held by these claims, locked: a claimer that finds a lease just run out
+        # skips them (FOR UPDATE SKIP LOCKED) instead of taking them over under our update
+        held = {(r.id, r.attempts) for r in s.execute(select(D.c.id, D.c.attempts).where(
+            D.c.status == PENDING,
+            or_(*(and_(D.c.claimed_until == lease, D.c.id.in_(ids)) for lease, ids in by_lease.items())))
+            .with_for_update())}
+        mine = [(c, o) for c, o in settled if (c.id, c.attempts) in held]
+        if mine:
+            ids = [c.id for c, _ in mine]
+            by_status = {}
+            for c, o in mine:
+                by_status.setdefault(o.status, []).append(c.id)
+            addresses = {c.id: o.address for c, o in mine if o.address}
+            errors = {c.id: o.error for c, o in mine if o.status != SENT and o.error}
+            reasons = {c.id: o.reason for c, o in mine if o.status != SENT and o.reason}
+            sent_ids = by_status.get(SENT, [])
+
+            def per_row(values, else_):  # each row its own value, the others keep theirs
+                return case(values, value=D.c.id, else_=else_) if values else else_
+            s.execute(update(D).where(D.c.id.in_(ids)).values(
+                status=case(*((D.c.id.in_(v), literal(k)) for k, v in by_status.items()), else_=D.c.status),
+                sent_at=case((D.c.id.in_(sent_ids), literal(now, D.c.sent_at.type)), else_=D.c.sent_at)
+                if sent_ids else D.c.sent_at,
+                # a send clears the last error; a skip or failure writes its own, if it has one
+                last_error=per_row(errors, case((D.c.id.in_(sent_ids), null()), else_=D.c.last_error)
+                                   if sent_ids else D.c.last_error),
+                reason=per_row(reasons, D.c.reason),
+                address=per_row(addresses, D.c.address),
+                next_attempt_at=None, claimed_until=None, updated_at=now))
+            # the attempt: claimed on a channel that drops repeats, or marked right before an SMS
+            # or WeChat send, it is 'sending'; one that ended before that (a skip) is written now
+            outcome_of = {c.id: o.status for c, o in mine}
+            error_of = {c.id: o.error or o.reason for c, o in mine if o.error or o.reason}
+            finished = set(s.execute(update(A).where(
+                tuple_(A.c.delivery_id, A.c.number).in_([(c.id, c.attempts) for c, _ in mine]),
+                A.c.outcome == "sending").values(
+                    outcome=case(outcome_of, value=A.c.delivery_id),
+                    error=case(error_of, value=A.c.delivery_id, else_=None) if error_of else None,
+                    finished_at=now).returning(A.c.delivery_id)).scalars())
+            unwritten = [{"delivery_id": c.id, "number": c.attempts, "outcome": o.status,
+                          "error": o.error or o.reason, "started_at": now, "finished_at": now}
+                         for c, o in mine if c.id not in finished and o.status != SENT]
+            if unwritten:
+                s.execute(insert(A), unwritten)
+            probed = {c.provider for c, o in mine if c.probe and o.status == SENT}
+            if probed:  # it answered: its lanes drain (one that went away after a claim has its own probe)
+                s.execute(delete(P).where(P.c.name.in_(probed)))
         uow.commit()
-        mine = None
-        if recorded != len(sent):  # a claim ran out and was taken over: its outcome is the other's
-            mine = set(s.execute(select(D.c.id).where(D.c.id.in_([c.id for c, _ in sent]), D.c.status == SENT,
-                                                      D.c.sent_at == now)).scalars())
-    return [(c.channel, SENT if mine is None or c.id in mine else None) for c, _ in sent]
+    results = []
+    for c, o in settled:
+        if (c.id, c.attempts) not in held:
+            results.append(Recorded(None))
+            continue
+        if o.status != SENT:
+            # delivery id, kind and channel only: never the address or the text
+            log.warning("delivery %s (%s %s, %s) attempt %d: %s %s", c.id, c.recipient_kind, c.channel,
+                        c.event_type, c.attempts, o.status, o.error or o.reason or "")
+        results.append(Recorded(o.status))
+    return results
 
 
 def release(uow, claims, now=None):
@@ -842,17 +905,27 @@ def _persist(write, *args, tries=3, pause=0.25):
             time.sleep(pause * (n + 1))
 
 
-def send_claims(uow, claims, outside, policy, stopping=lambda: False, now=_now):
-    """Send one lane's claims in order, recording sends ``policy.record_every`` at a time and any
-    other outcome at once; a fallback reserved on the way is sent right after. Stops (and gives the
-    rest back) when the provider goes away, when asked to stop, or once half the lease is gone.
-    Returns [(channel, new status), ...]."""
-    done, sent = [], []
+def send_claims(uow, claims, outside, policy, stopping=lambda: False, now=_now, record=None,
+                clock=time.monotonic):
+    """Send one lane's claims in order. Outcomes that :func:`settles_simply` (sends, skips and
+    failures with nothing to fall back to) are recorded ``policy.record_every`` at a time, or once
+    the oldest of them has waited ``policy.record_seconds``, through ``record([(claim, outcome)])``
+    → [Recorded] (default: :func:`record_settled` in a transaction of this sender's; the service
+    passes a group commit that merges concurrent senders' into one); any other outcome is recorded
+    at once (:func:`record_outcome`), and a fallback reserved on the way is sent right after. Stops
+    (and gives the rest back) when the provider goes away, when asked to stop, or once half the
+    lease is gone. Returns [(channel, new status), ...]."""
+    if record is None:
+        def record(settled):
+            return record_settled(uow, settled)
+    done, settled = [], []
+    oldest = 0.0  # when the first of ``settled`` came in
 
     def flush():
-        if sent:
-            done.extend(_persist(record_sent, uow, sent))
-            sent.clear()
+        if settled:
+            recorded = _persist(record, list(settled))
+            done.extend((c.channel, r.status) for (c, _), r in zip(settled, recorded))
+            settled.clear()
 
     def gate(claim):
         return claim.channel in domain.IDEMPOTENT_CHANNELS or mark_sending(uow, claim)
@@ -863,10 +936,14 @@ def send_claims(uow, claims, outside, policy, stopping=lambda: False, now=_now):
             flush()
             _persist(release, uow, claims[i:])
             break
+        if settled and clock() - oldest >= policy.record_seconds:
+            flush()
         outcome = attempt(claim, outside, policy, before_send=gate)
-        if outcome.status == SENT:
-            sent.append((claim, outcome))
-            if len(sent) >= policy.record_every:
+        if settles_simply(claim, outcome):
+            if not settled:
+                oldest = clock()
+            settled.append((claim, outcome))
+            if len(settled) >= policy.record_every:
                 flush()
             continue
         flush()

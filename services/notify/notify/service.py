@@ -20,7 +20,7 @@ from prometheus_client import Counter
 from notify import handlers
 from notify.dependencies import (
     BoundedRpcProxy, Channels, DeliveryPolicy, MetricsExporter, NotificationRules, NotifyDatabase,
-    Senders,
+    OutcomeRecorder, Senders,
 )
 from wuji_common import audit, auth
 from wuji_common.audit import audited
@@ -47,6 +47,7 @@ class NotifyService:
     policy = DeliveryPolicy()
     rules = NotificationRules()
     senders = Senders()
+    recorder = OutcomeRecorder()  # the senders' outcomes that arrive together: one transaction
     metrics = MetricsExporter()
     caller = CurrentCaller()
 

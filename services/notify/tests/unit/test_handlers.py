@@ -2,6 +2,7 @@
 what they were asked to send and fail on cue."""
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -417,7 +418,7 @@ def test_a_recipients_lane_is_not_claimed_again_while_its_older_deliveries_are_o
     # another sender (or instance) looks while both are out: A2 and B2 must wait for them
     assert handlers.claim_due(uow, FAST) == []
     water, housing = handlers.by_lane(first)
-    handlers.record_sent(uow, [(water[0], handlers.Outcome("sent", address="x"))])
+    handlers.record_settled(uow, [(water[0], handlers.Outcome("sent", address="x"))])
     # A's lane is free again: the rest of A in order; B's lane is still out
     assert [c.case_no for c in handlers.claim_due(uow, FAST)] == cases["dept-water"][1:]
 
@@ -492,17 +493,214 @@ def test_a_sender_records_its_sends_through_a_moment_of_database_trouble(uow, mo
     case_no = new_case()
     [delivery_id] = record(uow, received(case_no))
     claims = handlers.claim_due(uow, FAST)
-    real, failures = handlers.record_sent, []
+    real, failures = handlers.record_settled, []
 
     def out_of_connections_once(*args):
         if not failures:
             failures.append(1)
             raise OperationalError("connect", {}, Exception("FATAL: sorry, too many clients already"))
         return real(*args)
-    monkeypatch.setattr(handlers, "record_sent", out_of_connections_once)
+    monkeypatch.setattr(handlers, "record_settled", out_of_connections_once)
     out = outside(Contacts({case_no: CITIZEN}))
     assert handlers.send_claims(uow, claims, out, FAST) == [("email", "sent")]
     assert handlers.get_delivery(uow, delivery_id)["status"] == "sent"  # not left to run out and resend
+
+
+# --- recording what settles a delivery, many at once -----------------------------------------------
+
+def claims_of_citizens(uow, n, available=EMAIL_ONLY):
+    """``n`` appeals of ``n`` citizens (a lane each), their receipts claimed; [(case_no, claim)]."""
+    cases = [new_case() for _ in range(n)]
+    for case_no in cases:
+        record(uow, received(case_no, citizen_ref=f"ref-{case_no}"), available=available)
+    claims = {c.case_no: c for c in handlers.claim_due(uow, FAST) if c.recipient == "citizen"}
+    return [(case_no, claims[case_no]) for case_no in cases]
+
+
+def counting(engine):
+    """Commits and statements on ``engine`` (a listener: remove with the returned function)."""
+    from sqlalchemy import event
+    seen = {"commits": 0, "statements": 0}
+
+    def commit(conn):
+        seen["commits"] += 1
+
+    def statement(conn, cursor, text_, *args):
+        seen["statements"] += 1
+    event.listen(engine, "commit", commit)
+    event.listen(engine, "before_cursor_execute", statement)
+
+    def stop():
+        event.remove(engine, "commit", commit)
+        event.remove(engine, "before_cursor_execute", statement)
+    return seen, stop
+
+
+def test_sent_skipped_and_failed_outcomes_are_recorded_together_in_one_transaction(uow, caplog):
+    (sent, a), (skipped, b), (failed, c), (later, d) = claims_of_citizens(uow, 4)
+    [(sms_case, e)] = claims_of_citizens(uow, 1, available=("sms",))  # no attempt written before its send
+    assert (a.fallback, e.fallback, e.channel) == ((), (), "sms")
+    seen, stop = counting(uow._session_factory.kw["bind"])
+    try:
+        recorded = handlers.record_settled(uow, [
+            (a, handlers.Outcome("sent", address="z***@example.com")),
+            (b, handlers.Outcome("skipped", reason="no_email")),
+            (c, handlers.Outcome("failed", address="z***@example.com", error="SMTPDataError 550")),
+            (e, handlers.Outcome("skipped", reason="no_sms")),
+            (d, handlers.Outcome("sent", address="l***@example.com"))])
+    finally:
+        stop()
+    assert [r.status for r in recorded] == ["sent", "skipped", "failed", "skipped", "sent"]
+    # one transaction: lock the rows, update them, finish the attempts, write the one never started
+    assert (seen["commits"], seen["statements"]) == (1, 4)
+    logs = {case_no: handlers.deliveries_for_case(uow, case_no)[0] for case_no in (sent, skipped, failed, later,
+                                                                                    sms_case)}
+    assert [(logs[k]["status"], logs[k]["address"], logs[k]["reason"], logs[k]["last_error"]) for k in logs] == [
+        ("sent", "z***@example.com", None, None), ("skipped", None, "no_email", None),
+        ("failed", "z***@example.com", None, "SMTPDataError 550"), ("sent", "l***@example.com", None, None),
+        ("skipped", None, "no_sms", None)]
+    assert [[(a["outcome"], a["error"]) for a in logs[k]["attempt_log"]] for k in logs] == [
+        [("sent", None)], [("skipped", "no_email")], [("failed", "SMTPDataError 550")], [("sent", None)],
+        [("skipped", "no_sms")]]
+    assert logs[sent]["sent_at"] and not logs[failed]["sent_at"]
+    assert [d["delivery_id"] for d in handlers.failed_deliveries(uow)] == [c.id]
+    # the skips and the failure are logged, by delivery id and kind only
+    warned = [r.getMessage() for r in caplog.records if r.name == "notify.handlers"]
+    assert len(warned) == 3 and all("example.com" not in w and "@" not in w for w in warned)
+    assert handlers.claim_due(uow, FAST) == []  # none of them is pending any more
+
+
+def test_a_claim_that_no_longer_holds_its_delivery_is_left_alone_and_reported_none(uow):
+    [(first, ran_out), (second, given_back)] = claims_of_citizens(uow, 2)
+    # the first claim's lease ran out and another sender took the delivery over ...
+    with uow:
+        uow.session.execute(update(Delivery).where(Delivery.id == ran_out.id)
+                            .values(claimed_until=datetime.now(timezone.utc) - timedelta(seconds=1)))
+        uow.commit()
+    # ... the second was given back and claimed again: same number of attempts, another lease
+    handlers.release(uow, [given_back])
+    time.sleep(0.002)
+    taken = {c.id: c for c in handlers.claim_due(uow, FAST)}
+    assert set(taken) == {ran_out.id, given_back.id}
+    assert taken[given_back.id].attempts == given_back.attempts and taken[given_back.id].lease != given_back.lease
+    late = handlers.record_settled(uow, [(ran_out, handlers.Outcome("sent", address="x")),
+                                         (given_back, handlers.Outcome("skipped", reason="no_email"))])
+    assert late == [handlers.Recorded(None), handlers.Recorded(None)]
+    for case_no, claim in ((first, ran_out), (second, given_back)):
+        [row] = citizen_rows(uow, case_no)
+        assert (row.status, row.address, row.reason) == ("pending", None, None)
+        assert handlers._aware(row.claimed_until) == taken[claim.id].lease
+    # the claims that hold them now record as usual
+    assert [r.status for r in handlers.record_settled(
+        uow, [(taken[ran_out.id], handlers.Outcome("sent", address="x")),
+              (taken[given_back.id], handlers.Outcome("sent", address="y"))])] == ["sent", "sent"]
+    attempts = handlers.get_delivery(uow, given_back.id)["attempt_log"]
+    assert [a["outcome"] for a in attempts] == ["sent"]  # the given-back attempt was removed
+
+
+def test_a_skip_with_a_channel_to_fall_back_to_reserves_it_and_is_not_recorded_together(uow):
+    case_no = new_case()
+    record(uow, received(case_no), available=("sms", "email"))
+    [claim] = [c for c in handlers.claim_due(uow, FAST) if c.recipient == "citizen"]
+    assert (claim.channel, claim.fallback) == ("sms", ("email",))
+    together = []
+
+    def record_together(settled):
+        together.append([(c.channel, o.status) for c, o in settled])
+        return handlers.record_settled(uow, settled)
+    sms, email = FakeChannel(), FakeChannel()
+    out = outside(Contacts({case_no: {**CITIZEN, "phone": None}}), sms=sms, email=email)
+    assert handlers.send_claims(uow, [claim], out, FAST, record=record_together) == [("sms", "skipped"),
+                                                                                     ("email", "sent")]
+    skipped, fallback = citizen_rows(uow, case_no)
+    assert (skipped.status, skipped.reason, fallback.fallback_of, fallback.status) == (
+        "skipped", "no_sms", skipped.id, "sent")
+    # the skip went through record_outcome, which reserved the e-mail (sent right after by deliver(),
+    # recorded in its own transaction): nothing went through ``record``
+    assert together == []
+    assert len(email.sent) == 1
+
+
+def test_a_sender_records_what_settles_every_record_every_or_after_record_seconds(uow):
+    subs = handlers.subscribe(uow, {"url": "https://dept-water.test/in", "event_types": ["order_accepted"],
+                                    "unit_code": "dept-water"})["subscriber_id"]
+    start = datetime.now(timezone.utc) - timedelta(minutes=1)
+    for i in range(3):
+        record(uow, accepted(new_case(), "dept-water", start + timedelta(seconds=i)))
+    lane = [c for c in handlers.claim_due(uow, FAST) if c.recipient == f"subscriber:{subs}"]
+    assert len(lane) == 3
+    sizes = []
+
+    def record_together(settled):
+        sizes.append(len(settled))
+        return handlers.record_settled(uow, settled)
+    ticks = iter(range(0, 100, 2))  # two seconds pass with each send
+    slow = replace(FAST, record_every=8, record_seconds=3)
+    done = handlers.send_claims(uow, lane, outside(), slow, record=record_together, clock=lambda: next(ticks))
+    assert done == [("webhook", "sent")] * 3
+    assert sizes == [2, 1]  # the first two had waited 3 s when the third was due to go out
+    assert {r.status for r in rows(uow, recipient=f"subscriber:{subs}")} == {"sent"}
+
+
+def recorder_for(uow, config=None):
+    """notify's OutcomeRecorder as the container would set it up, on this test's database."""
+    from types import SimpleNamespace
+
+    import eventlet
+    from notify.dependencies import OutcomeRecorder
+    from wuji_common.dependencies import Database
+    database = Database(metadata)
+    database.get_dependency = lambda worker_ctx: (lambda: uow_copy(uow))
+    recorder = OutcomeRecorder()
+    recorder.container = SimpleNamespace(config=config or {}, service_name="notify", dependencies=[database],
+                                         spawn_managed_thread=eventlet.spawn)
+    recorder.setup()
+    return recorder
+
+
+def test_concurrent_senders_outcomes_go_into_one_transaction(uow, monkeypatch):
+    import eventlet
+    claimed = claims_of_citizens(uow, 6)
+    recorder, batches = recorder_for(uow), []
+    real = handlers.record_settled
+
+    def counted(uow_, settled, now=None):
+        batches.append(len(settled))
+        return real(uow_, settled, now)
+    monkeypatch.setattr(handlers, "record_settled", counted)
+    out = outside(Contacts({case_no: CITIZEN for case_no, _ in claimed}))
+    senders = [eventlet.spawn(handlers.send_claims, uow_copy(uow), [claim], out, FAST, record=recorder.record)
+               for _, claim in claimed]
+    assert [s.wait() for s in senders] == [[("email", "sent")]] * 6
+    assert batches == [6]  # six senders, one lane each: one transaction
+    assert {r.status for _, c in claimed for r in rows(uow, id=c.id)} == {"sent"}
+
+
+def test_a_failing_batch_of_the_recorder_is_written_again_sender_by_sender(uow, monkeypatch):
+    import eventlet
+    from sqlalchemy.exc import OperationalError
+    claimed = [claim for _, claim in claims_of_citizens(uow, 3)]
+    bad = claimed[1]
+    recorder, batches = recorder_for(uow), []
+    real = handlers.record_settled
+
+    def refusing(uow_, settled, now=None):
+        batches.append(len(settled))
+        if any(c.id == bad.id for c, _ in settled):
+            raise OperationalError("UPDATE", {}, Exception("canceling statement due to lock timeout"))
+        return real(uow_, settled, now)
+    monkeypatch.setattr(handlers, "record_settled", refusing)
+
+    def call(claim):
+        try:
+            return recorder.record([(claim, handlers.Outcome("sent", address="x"))])
+        except Exception as exc:
+            return exc
+    results = [t.wait() for t in [eventlet.spawn(call, claim) for claim in claimed]]
+    assert batches == [3, 1, 1, 1]
+    assert results[0] == results[2] == [handlers.Recorded("sent")]
+    assert isinstance(results[1], OperationalError)  # its sender's _persist tries again
+    assert [rows(uow, id=c.id)[0].status for c in claimed] == ["sent", "pending", "sent"]
 
 
 # --- preferences and quiet hours ----------------------------------------------------------------------
