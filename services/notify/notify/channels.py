@@ -79,14 +79,39 @@ def _text_part(subtype, text):
     return part
 
 
+# how long a connection may wait in the pool for the next message. Mail servers hang up on idle
+# clients (RFC 5321 asks them to wait 5 minutes; relays often wait less, some 30 s): closed by us
+# before the server does, a pooled connection is rarely found dead, and a quiet notify holds none
+SMTP_IDLE_SECONDS = 30
+# idle connections kept per channel: one per sender (SENDERS, 6) that may be sending e-mail, and a
+# few spare; beyond that a connection is closed when its send is done
+SMTP_MAX_IDLE = 8
+
+
+def _dropped(exc):
+    """Whether a pooled connection failed because the server had closed it while it was idle (its
+    own idle time-out, a restart): the message was not taken, and a fresh connection may go."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == 421   # "closing the connection": smtplib has closed it already
+    return isinstance(exc, (smtplib.SMTPServerDisconnected, ConnectionError))
+
+
 class EmailChannel:
     """E-mail over SMTP (STARTTLS and AUTH when configured): a text and an HTML part, and a
     Message-ID derived from the delivery id so that a receiver (or a mail client) can drop a resend
-    of the same delivery."""
+    of the same delivery.
+
+    Connections are reused: a send takes an idle one from the channel's pool (or opens one:
+    connect, EHLO, STARTTLS, AUTH), uses it alone and puts it back when the server has accepted the
+    message; one idle longer than ``idle_seconds`` is closed (:meth:`close_idle`), and so is one on
+    which a message failed. A pooled connection the server had closed meanwhile is dropped and the
+    message sent once more on a fresh one; a fresh connection's failure is the send's. ``close()``
+    ends them all (the service's stop)."""
     name = "email"
 
     def __init__(self, host, port, mail_from, from_name="", user=None, password=None, starttls=False,
-                 timeout=10, ca_file=None):
+                 timeout=10, ca_file=None, idle_seconds=SMTP_IDLE_SECONDS, max_idle=SMTP_MAX_IDLE,
+                 clock=time.monotonic):
         self.host = host
         self.port = int(port or 25)
         self.mail_from = mail_from
@@ -99,6 +124,13 @@ class EmailChannel:
         sender = formataddr((self.from_name, self.mail_from)) if self.from_name else self.mail_from
         self.from_header = _folded("From", sender)
         self.envelope_from = getaddresses([sender])[0][1]
+        self.idle_seconds = float(idle_seconds)
+        self.max_idle = int(max_idle)
+        self.clock = clock
+        self._idle = []                 # [(connection, put back at)], the most recent last
+        self._lock = threading.Lock()   # green under eventlet; never held across the network
+        self._closed = False
+        self._tls = None
 
     @property
     def available(self):
@@ -131,12 +163,16 @@ class EmailChannel:
         # the envelope as send_message would read it from the headers, without parsing them
         recipients = [address for _, address in getaddresses([outgoing.address.to])]
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-                if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context(cafile=self.ca_file))
-                if self.user:
-                    smtp.login(self.user, self.password)
-                smtp.send_message(msg, self.envelope_from, recipients)
+            pooled = self._take()
+            if pooled is not None:
+                try:
+                    return self._send_on(pooled, msg, recipients)
+                except Exception as exc:
+                    if not _dropped(exc):
+                        raise
+                    # closed by the server while idle, before it took the message: once more on a
+                    # fresh connection (if it had taken it, the same Message-ID lets it drop the repeat)
+            self._send_on(self._connect(), msg, recipients)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = sorted({code for code, _ in exc.recipients.values()})
             raise _by_code(codes[-1] if codes else 0, f"SMTP recipient refused {codes}") from None
@@ -149,6 +185,88 @@ class EmailChannel:
             raise ProviderDown(f"{type(exc).__name__} {exc.smtp_code}") from None
         except (smtplib.SMTPException, ssl.SSLError, OSError) as exc:
             raise ProviderDown(type(exc).__name__) from None
+
+    def _connect(self):
+        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            if self.starttls:
+                smtp.starttls(context=self._tls_context())
+            if self.user:
+                smtp.login(self.user, self.password)
+        except BaseException:
+            _quit(smtp)
+            raise
+        return smtp
+
+    def _tls_context(self):
+        if self._tls is None:  # read the CA file once, not for every connection
+            self._tls = ssl.create_default_context(cafile=self.ca_file)
+        return self._tls
+
+    def _send_on(self, smtp, msg, recipients):
+        """Send on a connection this send alone holds; back to the pool if the server took the
+        message, closed if anything failed (the session may be mid-transaction)."""
+        try:
+            smtp.send_message(msg, self.envelope_from, recipients)
+        except BaseException:
+            _quit(smtp)
+            raise
+        self._give_back(smtp)
+
+    def _take(self):
+        """An idle connection, most recently used first (the least likely to have been closed by
+        the server), or None; those idle too long are closed on the way."""
+        expired = []
+        with self._lock:
+            now = self.clock()
+            while self._idle:
+                smtp, since = self._idle.pop()
+                if now - since < self.idle_seconds:
+                    taken = smtp
+                    break
+                expired.append(smtp)
+            else:
+                taken = None
+            # whatever is older than the one taken is older still
+            expired += [smtp for smtp, since in self._idle if now - since >= self.idle_seconds]
+            self._idle = [(smtp, since) for smtp, since in self._idle if now - since < self.idle_seconds]
+        for smtp in expired:
+            _quit(smtp)
+        return taken
+
+    def _give_back(self, smtp):
+        with self._lock:
+            if not self._closed and len(self._idle) < self.max_idle:
+                self._idle.append((smtp, self.clock()))
+                return
+        _quit(smtp)
+
+    def close_idle(self):
+        """Close the connections idle for ``idle_seconds`` or more."""
+        with self._lock:
+            now = self.clock()
+            expired = [smtp for smtp, since in self._idle if now - since >= self.idle_seconds]
+            self._idle = [(smtp, since) for smtp, since in self._idle if now - since < self.idle_seconds]
+        for smtp in expired:
+            _quit(smtp)
+
+    def close(self):
+        """Close every idle connection; those in use are closed when their send is done."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for smtp, _ in idle:
+            _quit(smtp)
+
+
+def _quit(smtp):
+    """QUIT politely if the server still listens; the socket is closed either way."""
+    try:
+        smtp.quit()
+    except Exception:
+        pass
+    finally:
+        smtp.close()
 
 
 def _by_code(code, summary):

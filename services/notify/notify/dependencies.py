@@ -7,7 +7,7 @@ from nameko.extensions import DependencyProvider
 
 from notify import content, handlers
 from notify.channels import (
-    EmailChannel, InboxChannel, RateLimiter, SmsChannel, WebhookChannel, WechatChannel,
+    SMTP_IDLE_SECONDS, EmailChannel, InboxChannel, RateLimiter, SmsChannel, WebhookChannel, WechatChannel,
 )
 from notify.models import metadata
 from wuji_common.db import make_engine
@@ -37,7 +37,9 @@ def _mapping(value):
 
 class Channels(DependencyProvider):
     """The channels, configured from config.yml: ``{"inbox", "wechat", "sms", "email", "webhook"}``
-    → channel, and the rate limiter (``RATE_LIMITS``: sends a second per provider and instance)."""
+    → channel, and the rate limiter (``RATE_LIMITS``: sends a second per provider and instance).
+    E-mail reuses its SMTP connections: those idle ``SMTP_IDLE_SECONDS`` (30) are closed by a
+    thread of this provider, and all of them when the service stops."""
 
     def setup(self):
         c = self.container.config
@@ -59,15 +61,32 @@ class Channels(DependencyProvider):
                 mail_from=c.get("MAIL_FROM", "notify@demo.wuji.local"),
                 from_name=c.get("MAIL_FROM_NAME") or "", user=c.get("SMTP_USER"),
                 password=c.get("SMTP_PASSWORD"), starttls=_flag(c.get("SMTP_STARTTLS", False)),
-                timeout=c.get("SMTP_TIMEOUT", 10), ca_file=c.get("SMTP_CA_FILE")),
+                timeout=c.get("SMTP_TIMEOUT", 10), ca_file=c.get("SMTP_CA_FILE"),
+                idle_seconds=float(c.get("SMTP_IDLE_SECONDS", SMTP_IDLE_SECONDS))),
             "webhook": WebhookChannel(timeout=c.get("WEBHOOK_TIMEOUT", 5)),
         }
         self.limiter = RateLimiter(_mapping(c.get("RATE_LIMITS")))
 
+    def start(self):
+        self.stopping = False
+        self.container.spawn_managed_thread(self._close_idle_mail_connections)
+
+    def _close_idle_mail_connections(self):
+        """SMTP connections idle too long are closed even when no send comes to find them."""
+        import eventlet
+        email = self.channels["email"]
+        while not self.stopping:
+            eventlet.sleep(max(email.idle_seconds / 2, 0.5))
+            email.close_idle()
+
     def stop(self):
+        self.stopping = True
+        self.channels["email"].close()
         self.inbox_engine.dispose()
 
     def kill(self):
+        self.stopping = True
+        self.channels["email"].close()
         self.inbox_engine.dispose()
 
     def get_dependency(self, worker_ctx):

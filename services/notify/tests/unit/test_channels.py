@@ -102,6 +102,101 @@ def test_email_to_a_plain_server_and_server_away(smtp_sink, unused_port):
         EmailChannel("127.0.0.1", unused_port, "notify@demo.wuji.local", timeout=5).send(outgoing("a@b.test"))
 
 
+def peers(sink, delivery_ids):
+    """The client address (host, port) each message came from: one per SMTP connection."""
+    return [m["X-Peer"] for d in delivery_ids for m in sink.received(X_Wuji_Delivery=d)]
+
+
+def to_deliver(n):
+    from dataclasses import replace
+    import uuid
+    return [replace(outgoing("a@b.test"), delivery_id=str(uuid.uuid4())) for _ in range(n)]
+
+
+def test_email_sends_messages_one_after_another_over_one_connection(smtp_sink, secure_smtp, tls_files):
+    plain = EmailChannel("127.0.0.1", smtp_sink.port, "notify@demo.wuji.local", timeout=5)
+    for channel, sink in ((plain, smtp_sink), (secure_email(secure_smtp.port, tls_files), secure_smtp)):
+        messages = to_deliver(3)
+        for message in messages:
+            channel.send(message)
+        sent_from = peers(sink, [m.delivery_id for m in messages])
+        assert len(sent_from) == 3 and len(set(sent_from)) == 1  # connect, EHLO, STARTTLS, AUTH once
+        assert len(channel._idle) == 1
+        channel.close()
+        assert channel._idle == []
+
+
+def test_email_to_a_server_that_closed_the_idle_connection_goes_on_a_fresh_one(tmp_path):
+    from ..conftest import SmtpSink
+    sink = SmtpSink(tmp_path / "inbox").start()
+    try:
+        channel = EmailChannel("127.0.0.1", sink.port, "notify@demo.wuji.local", timeout=5)
+        first, second, third = to_deliver(3)
+        channel.send(first)
+        sink.stop()   # the server restarts (or timed the idle client out): the pooled connection is dead
+        sink.start()
+        channel.send(second)
+        channel.send(third)
+        [before], [after], [then] = (peers(sink, [m.delivery_id]) for m in (first, second, third))
+        assert before != after == then  # a fresh connection, kept for the next message
+    finally:
+        sink.stop()
+
+
+def test_email_connections_idle_too_long_are_closed_and_not_reused(smtp_sink):
+    now = [0.0]
+    channel = EmailChannel("127.0.0.1", smtp_sink.port, "notify@demo.wuji.local", timeout=5, idle_seconds=30,
+                           clock=lambda: now[0])
+    first, second, third = to_deliver(3)
+    channel.send(first)
+    [(idle, _)] = channel._idle
+    now[0] = 29.0
+    channel.close_idle()
+    assert channel._idle == [(idle, 0.0)]  # not yet
+    channel.send(second)  # (put back at 29 s)
+    now[0] = 59.0
+    channel.close_idle()
+    assert channel._idle == [] and idle.sock is None  # closed
+    channel.send(third)
+    [one], [two], [three] = (peers(smtp_sink, [m.delivery_id]) for m in (first, second, third))
+    assert one == two != three
+
+
+def test_email_never_shares_a_connection_between_concurrent_sends(smtp_sink):
+    import threading
+    channel = EmailChannel("127.0.0.1", smtp_sink.port, "notify@demo.wuji.local", timeout=5, max_idle=4)
+    lanes = [to_deliver(4) for _ in range(6)]
+    failures = []
+
+    def sender(messages):
+        for message in messages:
+            try:
+                channel.send(message)
+            except Exception as exc:  # a shared connection garbles the dialogue
+                failures.append(exc)
+    threads = [threading.Thread(target=sender, args=(lane,)) for lane in lanes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    sent_from = peers(smtp_sink, [m.delivery_id for lane in lanes for m in lane])
+    assert len(sent_from) == 24 and len(set(sent_from)) <= 6  # at most one connection per sender at once
+    assert len(channel._idle) <= 4
+    channel.close()
+
+
+def test_email_connection_on_which_a_send_failed_is_not_reused(secure_smtp, tls_files):
+    channel = secure_email(secure_smtp.port, tls_files)
+    channel.send(outgoing("zs@example.com"))
+    [(pooled, _)] = channel._idle
+    with pytest.raises(PermanentError):  # a recipient address the server cannot take (5xx)
+        channel.send(outgoing("@example.com"))
+    assert channel._idle == [] and pooled.sock is None
+    channel.send(outgoing("zs@example.com"))
+    assert [c for c, _ in channel._idle] != [pooled]
+
+
 # --- SMS ----------------------------------------------------------------------------------------------
 
 def sms_channel(gateway, codes=None):
