@@ -2,6 +2,7 @@
 limiter, the delivery policy, the rules."""
 import json
 import logging
+from collections import deque
 
 from nameko.extensions import DependencyProvider
 
@@ -166,17 +167,22 @@ class Senders(DependencyProvider):
 
     ``wake(work)`` (``work`` = (unit-of-work factory, handlers.Outside, Policy, count)) starts one
     dispatcher per instance if none is running: it claims due deliveries in batches
-    (handlers.claim_due, at most one lane per free sender) and gives each lane to a sender of a
-    bounded pool of green threads (config ``SENDERS``, default 6: each holds a database connection
-    while it records), which sends the lane's claims in order (handlers.send_claims). A sender whose
-    lane may have more (the claim left some, or news came while it was busy) wakes the dispatcher
-    again. A send cut off by a stop or a crash stays reserved, and the sweep sends it (it runs at
+    (handlers.claim_due) and queues their lanes for a bounded pool of green threads (config
+    ``SENDERS``, default 6: each holds a database connection while it records). A sender takes the
+    next lane off the queue and sends its claims in order (handlers.send_claims), then the next
+    lane, until the queue is empty. The queue holds up to ``SENDER_LANES`` (default 16) lanes per
+    sender: most lanes are one citizen's or one unit's single notice, and a claim of one lane per
+    free sender cost a claim transaction and a contact look-up at intake per six notices. A sender
+    whose lane may have more (the claim left some, or news came while it was busy) wakes the
+    dispatcher again. A send cut off by a stop or a crash stays reserved, and the sweep sends it (it runs at
     start, too). The senders' simple outcomes are recorded together through the service's
     :class:`OutcomeRecorder`, if it has one (else each sender writes its own)."""
 
     def setup(self):
         import eventlet
         self.pool = eventlet.GreenPool(int(self.container.config.get("SENDERS", 6)))
+        self.lanes_per_sender = max(1, int(self.container.config.get("SENDER_LANES", 16)))
+        self.queue = deque()  # claimed lanes waiting for a sender: (claims, handlers.Outside)
         recorder = next((d for d in self.container.dependencies if isinstance(d, OutcomeRecorder)), None)
         self.record = recorder.record if recorder is not None else None
         self.work = None
@@ -213,12 +219,12 @@ class Senders(DependencyProvider):
         try:
             while not self.stopping:
                 self.again = False
-                free = self.pool.free()
-                if not free:
-                    self.starved = True  # the next sender to finish wakes us
+                room = self.pool.size * self.lanes_per_sender - len(self.queue)
+                if room <= 0:
+                    self.starved = True  # the next sender to finish a lane wakes us
                     break
                 uow, outside, policy, count = self.work
-                claims, more = handlers.claim_batch(uow(), policy, lanes=free)
+                claims, more = handlers.claim_batch(uow(), policy, lanes=room)
                 if not claims:
                     if self.again:
                         continue
@@ -226,7 +232,9 @@ class Senders(DependencyProvider):
                 sending = handlers.with_contacts(outside, claims)  # one call to intake per batch
                 for lane in handlers.by_lane(claims):
                     self.busy[lane[0].lane] = more  # its sender looks again when it is done
-                    self.pool.spawn_n(self._send, lane, sending)
+                    self.queue.append((lane, sending))
+                for _ in range(min(self.pool.free(), len(self.queue))):
+                    self.pool.spawn_n(self._send_queued)
                 if not more and not self.again:
                     break  # it took all that was due: what comes next wakes us
         except Exception:
@@ -234,6 +242,27 @@ class Senders(DependencyProvider):
             log.warning("claiming deliveries failed; left for the sweep", exc_info=True)
         finally:
             self.dispatching = False
+
+    def _send_queued(self):
+        """A sender: the queued lanes one after the other, until none is left (once stopping, each
+        is given back unsent by send_claims)."""
+        while self.queue:
+            if self.stopping:
+                self._give_back_queued()
+                break
+            self._send(*self.queue.popleft())
+
+    def _give_back_queued(self):
+        """Stopping: the lanes no sender has started go back unsent, in one transaction."""
+        rest = [claim for lane, _ in self.queue for claim in lane]
+        for lane, _ in self.queue:
+            self.busy.pop(lane[0].lane, None)
+        self.queue.clear()
+        try:
+            handlers.release(self.work[0](), rest)
+        except Exception:
+            # claimed and unsent: taken up again when the claim runs out
+            log.warning("giving back %d claims failed; left for the sweep", len(rest), exc_info=True)
 
     def _send(self, claims, outside):
         uow, _, policy, count = self.work

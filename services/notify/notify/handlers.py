@@ -351,16 +351,20 @@ def record_events(uow, consumer, envelopes, rules, available=domain.CHANNELS, po
     now = now or _now()
     policy = policy or Policy()
     with uow:
+        s = uow.session
+        known = directory(s, policy.reference_seconds)
+        subscribers = known.subscribers
+        if not any(_concerns(e, rules, subscribers) for e in envelopes):
+            # no rule and no subscriber for any of them (a hot spot, a repeat, …): nothing to reserve,
+            # so nothing to drop a repeat of either; no transaction for events nobody is told of
+            return []
         fresh = uow.first_deliveries(consumer, envelopes)
         if not fresh:
             return []
-        s = uow.session
         refs = _remember_citizens(s, fresh)
         told = [e["case_no"] for e in fresh if e["case_no"]
                 and any(rule.recipient == CITIZEN for rule in rules.get(e["type"], ()))]
         citizens = _citizens(s, list(dict.fromkeys(told)), policy, refs) if told else {}
-        known = directory(s, policy.reference_seconds)
-        subscribers = known.subscribers
         rows, posted = [], []
         for envelope in fresh:
             citizen = citizens.get(envelope["case_no"], Citizen(None))
@@ -389,6 +393,13 @@ def record_events(uow, consumer, envelopes, rules, available=domain.CHANNELS, po
     if done is not None:
         done.extend(("inbox", SENT) for _ in posted)
     return [r["id"] for r in rows if r["status"] == PENDING and r["next_attempt_at"] <= now]
+
+
+def _concerns(envelope, rules, subscribers):
+    """Whether notify has anything to do with an event: a rule tells someone of it, a subscriber
+    wants it, or it names a citizen to remember (``appeal_received``)."""
+    return envelope["type"] == "appeal_received" or bool(rules.get(envelope["type"])) or \
+        any(domain.subscriber_wants(subscriber, envelope) for subscriber in subscribers)
 
 
 def _inbox_message(row, directory, policy, templates, now):

@@ -763,6 +763,31 @@ def test_a_subscriber_gets_the_events_it_chose_and_only_its_units(uow):
     assert [s["name"] for s in handlers.list_subscribers(uow)] == ["大数据局", "https://water.test/in"]
 
 
+def hotspot(case_no):
+    return make_event("hotspot_detected", case_no, {
+        "hotspot_id": "HS7", "town_code": "370404001", "category": "housing", "item": "路灯",
+        "title": "小区路灯不亮", "appeals": 3, "people": 3, "case_nos": [case_no],
+        "first_received_at": "2026-11-25T02:00:00+00:00", "window_hours": 72.0})
+
+
+def processed_count(uow):
+    with uow:
+        return uow.session.execute(text("SELECT count(*) FROM processed_events")).scalar()
+
+
+def test_an_event_no_rule_and_no_subscriber_asks_for_costs_no_transaction(uow):
+    """A hot spot has no notice in the shipped rules: with no subscriber for it, notify reserves
+    nothing and writes nothing, not even the dedup record; once a subscriber wants it, it does."""
+    before = processed_count(uow)
+    assert record(uow, hotspot(new_case())) == [] and processed_count(uow) == before
+    sub = handlers.subscribe(uow, {"url": "https://bigdata.test/in", "event_types": ["hotspot_detected"]})
+    case_no = new_case()
+    [delivery_id] = record(uow, hotspot(case_no))
+    assert processed_count(uow) == before + 1
+    [row] = rows(uow, case_no)
+    assert (row.id, row.recipient, row.channel) == (delivery_id, f"subscriber:{sub['subscriber_id']}", "webhook")
+
+
 def test_unsubscribing_skips_what_was_waiting(uow):
     sub = handlers.subscribe(uow, {"url": "https://x.test/in", "event_types": ["order_dispatched", "order_closed"]})
     assert handlers.unsubscribe(uow, sub["subscriber_id"], ["order_closed"])["event_types"] == ["order_dispatched"]
