@@ -128,6 +128,7 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
             results[n] = _dispatch(uow, router, index, envelopes[n], payloads[n], assessments[n],
                                    signatures[n], now, batch)
         if handled:
+            supervision.insert_clocks(uow.session, batch.get("clocks"))
             if on_handled is not None:
                 on_handled(uow, [envelopes[n] for n in handled])
             uow.commit()  # with the dedup records, also of events whose appeal already had its order
@@ -204,7 +205,7 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, ba
         routing = router.hold(assessment, units) if held else \
             router.route(assessment, town_code, village_code, units)
     order = _open_order(uow, appeal, routing, now, review_reason=assessment.review if held else None,
-                        label=assessment.label)
+                        label=assessment.label, clock_rows=batch.setdefault("clocks", []))
     # the next appeals of the batch see this one and its order, as they would in the database
     batch.setdefault("orders", {})[case_no] = order
     history = batch.get("histories", {}).get((appeal.citizen_ref, appeal.town_code))
@@ -335,9 +336,9 @@ def _apply_routing(order, routing, now):
     order.dispatched_at = order.updated_at = now
 
 
-def _open_order(uow, appeal, routing, now, previous=None, review_reason=None, label=None):
+def _open_order(uow, appeal, routing, now, previous=None, review_reason=None, label=None, clock_rows=None):
     """A new work order for ``appeal`` as routed, with its deadlines: dispatched (and announced), or
-    held for a dispatcher when ``review_reason`` says why."""
+    held for a dispatcher when ``review_reason`` says why. ``clock_rows``: see _announce_dispatch."""
     s = uow.session
     row_id = uow.reserve_id("work_orders")  # the row id numbers the order
     order_no = domain.order_no_for(now, row_id) if row_id else f"pending-{uuid4().hex}"
@@ -354,20 +355,22 @@ def _open_order(uow, appeal, routing, now, previous=None, review_reason=None, la
     if previous is not None:
         previous.successor_order_no = order.order_no
     if not review_reason:
-        _announce_dispatch(uow, appeal, order, routing)
+        _announce_dispatch(uow, appeal, order, routing, clock_rows)
     return order
 
 
-def _announce_dispatch(uow, appeal, order, routing):
+def _announce_dispatch(uow, appeal, order, routing, clock_rows=None):
     """``order_dispatched`` (the unit and its co-handlers are told), and ``enforcement_requested``
-    when the item needs joint enforcement at once and the case has not asked for it yet."""
+    when the item needs joint enforcement at once and the case has not asked for it yet. With
+    ``clock_rows`` (a batch's list) the order's clocks are gathered there for one insert at the end
+    of the batch (supervision.insert_clocks), else added to the session."""
     uow.emit("order_dispatched", appeal.case_no, {
         **event_base(order), "unit_name": order.unit_name, "level": order.level,
         "accept_due_at": iso(order.accept_due_at), "resolve_due_at": iso(order.resolve_due_at),
         "policy": order.policy, "router_version": order.router_version,
         "confidence": order.confidence, "title": appeal.title, "co_handlers": list(routing.co_handlers),
     })
-    supervision.start_clocks(uow.session, order, aware(order.dispatched_at))  # 限时办结 starts
+    supervision.start_clocks(uow.session, order, aware(order.dispatched_at), rows=clock_rows)  # 限时办结 starts
     if routing.item.needs_enforcement_at_dispatch and not _enforcement_asked(uow.session, appeal.case_no):
         order.enforcement_requested = True
         uow.emit("enforcement_requested", appeal.case_no, {
@@ -376,8 +379,14 @@ def _announce_dispatch(uow, appeal, order, routing):
 
 
 def _enforcement_asked(s, case_no):
-    return s.execute(select(WorkOrder.id).where(WorkOrder.case_no == case_no,
-                                                WorkOrder.enforcement_requested.is_(True))).first() is not None
+    # without flushing (a flush here wrote a dispatch batch's pending rows in the middle of the
+    # batch): the stored orders, and those of this transaction not written yet
+    if any(isinstance(o, WorkOrder) and o.case_no == case_no and o.enforcement_requested
+           for o in (*s.new, *s.dirty)):
+        return True
+    with s.no_autoflush:
+        return s.execute(select(WorkOrder.id).where(WorkOrder.case_no == case_no,
+                                                    WorkOrder.enforcement_requested.is_(True))).first() is not None
 
 
 

@@ -20,7 +20,7 @@ from datetime import timedelta, timezone
 from uuid import uuid4
 
 from marshmallow import Schema, ValidationError as SchemaError, fields, validate
-from sqlalchemy import and_, select
+from sqlalchemy import and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from triage import clocks, domain
@@ -52,19 +52,32 @@ def order_policy(order):
         {c: clocks.Limit.parse(v) for c, v in limits.items() if c in clocks.CLOCKS and v}
 
 
-def start_clocks(s, order, now, names=clocks.CLOCKS, round_=0):
-    """Start the order's clocks (held by its unit, at its level) from ``now`` to its deadlines."""
+def start_clocks(s, order, now, names=clocks.CLOCKS, round_=0, rows=None):
+    """Start the order's clocks (held by its unit, at its level) from ``now`` to its deadlines.
+    With ``rows`` (a list), the clocks are appended to it as rows for the caller to insert with
+    the rest of its batch (:func:`insert_clocks`) instead of being added to the session: three
+    ORM objects per dispatched order were a sixth of a dispatch batch's time."""
     policy, version, limits = order_policy(order)
     due = {"report_in": order.accept_due_at, "first_contact": order.first_contact_due_at or order.accept_due_at,
            "resolve": order.resolve_due_at}
     for name in names:
         due_at = aware(due[name])
-        s.add(OrderClock(
+        row = dict(
             order_no=order.order_no, case_no=order.case_no, clock=name, round=round_,
             holder_unit_code=order.unit_code, level=order.level, town_code=order.town_code,
             category=order.category, policy=policy or "", policy_version=version or "",
             limit=str(limits[name]) if name in limits else "", started_at=now, due_at=due_at,
-            next_check_at=_first_checkpoint(name, now, due_at), paused_seconds=0, extended_days=0))
+            next_check_at=_first_checkpoint(name, now, due_at), paused_seconds=0, extended_days=0)
+        if rows is None:
+            s.add(OrderClock(**row))
+        else:
+            rows.append(row)
+
+
+def insert_clocks(s, rows):
+    """The clocks :func:`start_clocks` gathered in ``rows``, in one INSERT."""
+    if rows:
+        s.execute(insert(OrderClock.__table__), rows)
 
 
 def _first_checkpoint(name, started_at, due_at):
