@@ -71,6 +71,35 @@ def test_email_headers_go_out_encoded_and_folded_and_read_back_as_written():
         channel.compose(outgoing("zs@example.com\nBcc: someone@else.test"))
 
 
+@pytest.mark.parametrize("to, urgent, subject", [
+    ("zs@example.com", False, "【受理回执】您的诉求已受理"),
+    ("一个很长的名字的市民同志 <a-rather-long-address-of-a-citizen@mail.example.com>", True,
+     "【派单通知】工单 GD20261125000001：" + "小区门口的路灯已经坏了一个多星期了一直没人来修" * 3),
+    ("a@b.test, c@d.test", False, "ASCII subject"),
+])
+def test_the_bytes_sent_read_back_as_the_composed_message(to, urgent, subject):
+    """What goes on the wire is written by hand (the standard library's generator cost too much):
+    it must read back, headers and parts, exactly as the message the standard library composes."""
+    from dataclasses import replace
+    from email import policy
+    from email.parser import BytesParser
+    channel = EmailChannel("127.0.0.1", 1025, "notify@demo.wuji.local", "峄城区社会治理服务中心")
+    text = "区住房和城乡建设局：\n\n" + "正文很长" * 60 + "\nhttp://p/x?a=1&b=2\n最后一行"
+    sent = replace(outgoing(to), urgent=urgent, message=Rendered(subject, text, "<p>" + text + "</p>"))
+    wire = channel.wire(sent)
+    assert wire.isascii() and max(len(line) for line in wire.split(b"\r\n")) <= 78
+    assert b"\n" not in wire.replace(b"\r\n", b"")   # CRLF only
+    got = BytesParser(policy=policy.default).parsebytes(wire)
+    want = BytesParser(policy=policy.default).parsebytes(channel.compose(sent).as_bytes(policy=policy.SMTP))
+    assert [(k, str(v)) for k, v in got.items() if k != "Date"] == \
+        [(k, str(v)) for k, v in want.items() if k != "Date"]
+    assert str(got["Subject"]) == subject
+    for kind in ("plain", "html"):
+        part, expected = got.get_body((kind,)), want.get_body((kind,))
+        assert part.get_content() == expected.get_content() and part["Content-Type"] == expected["Content-Type"]
+    assert [p.get_content_type() for p in got.iter_parts()] == ["text/plain", "text/html"]
+
+
 def test_email_goes_over_starttls_with_auth(secure_smtp, tls_files):
     secure_email(secure_smtp.port, tls_files).send(outgoing("zs@example.com"))
     [msg] = secure_smtp.received(X_Wuji_Delivery=DELIVERY)
