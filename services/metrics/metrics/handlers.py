@@ -12,7 +12,7 @@ from datetime import timezone
 from zoneinfo import ZoneInfo
 
 from marshmallow import ValidationError as SchemaError
-from sqlalchemy import and_, case, delete, func, insert, or_, select, text
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, text, update
 
 from metrics import domain
 from metrics.models import AppealFact, EventLog, OrderFact
@@ -85,45 +85,48 @@ def _log_columns(envelope, data, now):
     }
 
 
-def _locked_facts(s, model, key_name, keys, now):
-    """The fact rows of ``keys``, created if missing, locked for this transaction: concurrent events
-    of one order (queues are consumed in parallel) queue up here, and each refold sees the events the
-    others committed. SQLite serialises writers anyway, so its FOR UPDATE is a no-op."""
-    key = getattr(model, key_name)
+def _lock_facts(s, model, key_name, keys, now):
+    """Lock the fact rows of ``keys`` for this transaction, created if missing: concurrent events of
+    one order (queues are consumed in parallel) queue up here, and each refold sees the events the
+    others committed. SQLite serialises writers anyway, so its FOR UPDATE is a no-op. Only the keys
+    are read: a refold writes every column from the events again."""
+    key = model.__table__.c[key_name]
     s.execute(insert_unless_present(s, model.__table__, index_elements=[key_name]),
               [{key_name: k, "updated_at": now} for k in keys])
-    facts = s.execute(select(model).where(key.in_(keys)).order_by(key).with_for_update()
-                      .execution_options(populate_existing=True)).scalars()
-    return {getattr(f, key_name): f for f in facts}
+    s.execute(select(key).where(key.in_(keys)).order_by(key).with_for_update()).all()
 
 
-def _refold(s, facts, events, fold, now):
-    for key, fact in facts.items():
-        for field, value in fold(key, events.get(key, [])).items():
-            setattr(fact, field, value)
-        fact.updated_at = now
+def _refold(s, model, key_name, keys, events, fold, now):
+    """Write each fact folded from its events, in one UPDATE for all of them (executemany; the ORM
+    loaded, compared and flushed every fact for the same result)."""
+    table = model.__table__
+    rows = [{**fold(k, events.get(k, [])), "updated_at": now} for k in keys]
+    columns = [c for c in rows[0] if c != key_name]
+    s.execute(update(table).where(table.c[key_name] == bindparam("fact_key"))
+              .values({c: bindparam(f"fact_{c}") for c in columns}),
+              [{"fact_key": r[key_name], **{f"fact_{c}": r[c] for c in columns}} for r in rows])
 
 
 def _refold_orders(s, order_nos, now):
     if not order_nos:
         return
-    facts = _locked_facts(s, OrderFact, "order_no", order_nos, now)
+    _lock_facts(s, OrderFact, "order_no", order_nos, now)
     events = {}
     for order_no, envelope in s.execute(select(EventLog.order_no, EventLog.envelope)
                                         .where(EventLog.order_no.in_(order_nos)).order_by(EventLog.id)):
         events.setdefault(order_no, []).append(envelope)
-    _refold(s, facts, events, domain.fold_order, now)
+    _refold(s, OrderFact, "order_no", order_nos, events, domain.fold_order, now)
 
 
 def _refold_appeals(s, case_nos, now):
     if not case_nos:
         return
-    facts = _locked_facts(s, AppealFact, "case_no", case_nos, now)
+    _lock_facts(s, AppealFact, "case_no", case_nos, now)
     events = {}
     for case_no, envelope in s.execute(select(EventLog.case_no, EventLog.envelope).where(
             EventLog.case_no.in_(case_nos), EventLog.type.in_(domain.APPEAL_EVENTS)).order_by(EventLog.id)):
         events.setdefault(case_no, []).append(envelope)
-    _refold(s, facts, events, domain.fold_appeal, now)
+    _refold(s, AppealFact, "case_no", case_nos, events, domain.fold_appeal, now)
 
 
 def event_count(uow, event_type=None):
