@@ -43,6 +43,8 @@ from wuji_common.privacy import redact_text, spreadsheet_safe
 
 CONFLICT_ATTEMPTS = 3
 MAX_NEIGHBOURS = 200  # the most similar recent appeals looked at to cluster a hot spot
+# what clustering reads of a stored neighbour (not the whole appeal, content and all)
+NEIGHBOUR_COLUMNS = (Appeal.case_no, Appeal.citizen_ref, Appeal.received_at, Appeal.village_code, Appeal.title)
 
 order_schema = OrderSchema()
 summary_schema = OrderSummarySchema(many=True)
@@ -123,7 +125,10 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
         if handled:
             # what the batch's appeals ask of the database, read once for all of them
             _read_for_batch(uow, [envelopes[n]["case_no"] for n in handled],
-                            [payloads[n] for n in handled], batch)
+                            [payloads[n] for n in handled], batch,
+                            _stored_neighbours(router, index, [envelopes[n] for n in handled],
+                                               [payloads[n] for n in handled],
+                                               [signatures[n] for n in handled]))
         for n in handled:
             results[n] = _dispatch(uow, router, index, envelopes[n], payloads[n], assessments[n],
                                    signatures[n], now, batch)
@@ -135,12 +140,38 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
     return results
 
 
-def _read_for_batch(uow, case_nos, payloads, batch):
+def _stored_neighbours(router, index, envelopes, payloads, signatures):
+    """The stored appeals the batch's appeals are near duplicates of (the index as it stands before
+    the batch adds its own), for :func:`_read_for_batch` to read their hot spots at once."""
+    if index is None:
+        return set()
+    detection = router.taxonomy.detection
+    window = timedelta(hours=detection.hotspot_window_hours)
+    codes = set()
+    for envelope, data, signature in zip(envelopes, payloads, signatures):
+        received_at = aware(_timestamp(data["received_at"])).astimezone(timezone.utc)
+        codes.update(c for c, _ in index.neighbours(signature, data["town_code"], received_at - window,
+                                                    detection.hotspot_min_similarity,
+                                                    exclude=envelope["case_no"])[:MAX_NEIGHBOURS])
+    return codes
+
+
+def _read_for_batch(uow, case_nos, payloads, batch, neighbours=()):
     """One read per question for the whole batch, instead of one per appeal: the work orders the
     cases have already, the divisions they name, the earlier appeals of the people who wrote (and
-    those appeals' orders), and the ids the new orders will be numbered by. Kept in ``batch``,
-    which the appeals of the batch then add to as they are stored."""
+    those appeals' orders), the hot spots the stored ``neighbours`` (near duplicates) are in and
+    what clustering reads of them, and the ids the new orders will be numbered by. Kept in
+    ``batch``, which the appeals of the batch then add to as they are stored."""
     s = uow.session
+    if neighbours:
+        codes = sorted(neighbours)
+        memberships = batch.setdefault("memberships", {})   # case_no → [hotspot_id] as stored
+        stored = batch.setdefault("neighbours", {})         # case_no → the row _cluster reads
+        memberships.update({c: [] for c in codes})
+        for case_no, hotspot_id in s.execute(select(HotspotMember.case_no, HotspotMember.hotspot_id)
+                                             .where(HotspotMember.case_no.in_(codes))):
+            memberships[case_no].append(hotspot_id)
+        stored.update({r.case_no: r for r in s.execute(select(*NEIGHBOUR_COLUMNS).where(Appeal.case_no.in_(codes)))})
     codes = {c for p in payloads for c in (p["town_code"], p["village_code"]) if c}
     _read_once(batch.setdefault("divisions", {}), sorted(codes), lambda missing: _divisions(s, missing))
     people = sorted({(p["citizen_ref"], p["town_code"]) for p in payloads if p["citizen_ref"]})
@@ -553,11 +584,19 @@ def _cluster(uow, taxonomy, appeal, item, neighbours, now, batch):
     detection = taxonomy.detection
     joined = batch.setdefault("joined", {})      # case_no → Hotspot, joined or opened in this batch
     added = batch.setdefault("appeals", {})      # case_no → Appeal, added in this batch
+    people_of = batch.setdefault("people", {})   # hotspot_id → citizen refs of members added in this batch
     similarity = dict(neighbours)
     codes = list(similarity)
+    memberships = batch.get("memberships", {})
     with s.no_autoflush:
-        stored = s.execute(select(HotspotMember.hotspot_id).where(HotspotMember.case_no.in_(codes))
-                           .distinct()).scalars().all()
+        # the hot spots the neighbours are in: as read for the batch (_read_for_batch), else asked
+        # now (an appeal of this batch is in none that is stored; one it joined is in ``joined``)
+        unread = [c for c in codes if c not in memberships and c not in added]
+        stored = {h for c in codes for h in memberships.get(c, ())}
+        if unread:
+            stored.update(s.execute(select(HotspotMember.hotspot_id).where(HotspotMember.case_no.in_(unread))
+                                    .distinct()).scalars())
+        stored = sorted(stored)
         # the clusters as this transaction has them (a stored one the batch joined has counts and a
         # last receipt that are not written yet): the latest is joined
         clusters = {h.hotspot_id: h for h in (s.get(Hotspot, hotspot_id) for hotspot_id in stored)}
@@ -569,11 +608,16 @@ def _cluster(uow, taxonomy, appeal, item, neighbours, now, batch):
                 # row is locked, so the counts stay exact
                 hotspot = s.execute(select(Hotspot).where(Hotspot.hotspot_id == hotspot.hotspot_id)
                                     .with_for_update()).scalar_one()
-            known_person = appeal.citizen_ref is not None and (any(
-                h is hotspot and added[c].citizen_ref == appeal.citizen_ref for c, h in joined.items())
+            # the people of its members this batch added (or all of them, for one it opened), and
+            # those stored
+            refs = people_of.setdefault(hotspot.hotspot_id, set())
+            known_person = appeal.citizen_ref is not None and (
+                appeal.citizen_ref in refs
                 or s.execute(select(HotspotMember.case_no).join(Appeal, Appeal.case_no == HotspotMember.case_no)
                              .where(HotspotMember.hotspot_id == hotspot.hotspot_id,
                                     Appeal.citizen_ref == appeal.citizen_ref).limit(1)).first() is not None)
+            if appeal.citizen_ref is not None:
+                refs.add(appeal.citizen_ref)
             s.add(HotspotMember(case_no=appeal.case_no, hotspot_id=hotspot.hotspot_id,
                                 similarity=max(similarity.values()), joined_at=now))
             joined[appeal.case_no] = hotspot
@@ -581,7 +625,11 @@ def _cluster(uow, taxonomy, appeal, item, neighbours, now, batch):
             hotspot.people += 0 if known_person else 1
             hotspot.last_received_at = max(aware(hotspot.last_received_at), appeal.received_at)
             return
-        rows = {a.case_no: a for a in s.execute(select(Appeal).where(Appeal.case_no.in_(codes))).scalars()}
+        read = batch.get("neighbours", {})
+        rows = {c: read[c] for c in codes if c in read}
+        unread = [c for c in codes if c not in read and c not in added]
+        if unread:
+            rows.update({r.case_no: r for r in s.execute(select(*NEIGHBOUR_COLUMNS).where(Appeal.case_no.in_(unread)))})
     rows.update({c: added[c] for c in codes if c in added})
     members = [*rows.values(), appeal]
     people = _people(a.citizen_ref for a in members)
@@ -594,13 +642,14 @@ def _cluster(uow, taxonomy, appeal, item, neighbours, now, batch):
                       category=item.category, item=item.code, title=first.title, appeals=len(members),
                       people=people, first_received_at=aware(first.received_at),
                       last_received_at=max(aware(a.received_at) for a in members), detected_at=now)
+    # written with the rest of the batch at its end (the unit of work puts the hot spot before its
+    # members); the next appeals of the batch find it in ``joined``, its people in ``people_of``
     s.add(hotspot)
-    s.flush()
     for member in members:
         s.add(HotspotMember(case_no=member.case_no, hotspot_id=hotspot.hotspot_id,
                             similarity=similarity.get(member.case_no), joined_at=now))
         joined[member.case_no] = hotspot
-    s.flush()
+    people_of[hotspot.hotspot_id] = {a.citizen_ref for a in members if a.citizen_ref}
     uow.emit("hotspot_detected", appeal.case_no, {
         "hotspot_id": hotspot.hotspot_id, "town_code": hotspot.town_code,
         "village_code": hotspot.village_code, "category": hotspot.category, "item": hotspot.item,

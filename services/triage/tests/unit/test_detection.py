@@ -322,6 +322,29 @@ def test_several_people_on_one_problem_make_one_hot_spot(db, appeal, outbox_even
     assert handlers.hotspots(db(), town_code=GUSHAO) == []
 
 
+def test_a_hot_spot_opened_within_a_batch_is_joined_by_the_next_appeals_of_that_batch(
+        db, router, appeal, appeal_received, outbox_events):
+    """Two neighbours are stored; one batch brings the third (the hot spot opens, with the stored
+    two as members) and the fourth and fifth, which join it, the fifth from someone already in it:
+    the batch reads the stored members' hot spots once, writes the hot spot with its rows at the
+    end, and counts its people right."""
+    index = AppealIndex()
+    for n, person in ((1, PERSON_A), (2, PERSON_B)):
+        appeal(n, "化工厂偷排污水", TEXTS[n - 1], citizen_ref=person, village_code=JINSI, index=index,
+               at=T0 + timedelta(hours=n))
+    batch = [appeal_received(case_no=f"YC20261125{n:06d}", title="化工厂偷排污水", content=TEXTS[(n - 1) % 4],
+                             received_at=(T0 + timedelta(hours=n)).isoformat(), citizen_ref=person,
+                             village_code=JINSI)
+             for n, person in ((3, PERSON_C), (4, PERSON_D), (5, PERSON_A))]
+    results = handlers.dispatch_appeals(db(), router, CONSUMER, batch, now=T0 + timedelta(hours=6), index=index)
+    assert all(r is not None for r in results)
+    [hotspot] = events(outbox_events, db, "hotspot_detected")
+    assert hotspot["case_no"] == "YC20261125000003" and hotspot["data"]["appeals"] == 3
+    [cluster] = handlers.hotspots(db())
+    assert cluster["case_nos"] == [f"YC20261125{n:06d}" for n in (1, 2, 3, 4, 5)]
+    assert (cluster["appeals"], cluster["people"]) == (5, 4)
+
+
 def test_one_person_many_times_other_towns_and_old_appeals_make_no_hot_spot(db, appeal, outbox_events):
     index = AppealIndex()
     for n, text in enumerate(TEXTS[:3], start=1):  # one person, three times
