@@ -14,7 +14,8 @@ Prints, in order:
    one consumer with manual acks (separate processes);
 2. maximum end-to-end rate: `--appeals` submitted by `--concurrency` clients as fast as they are
    answered; the rate is appeals ÷ (last order_dispatched seen − first submit);
-3. latency submit → order_dispatched (p50/p99) with appeals paced at half that maximum rate;
+3. latency submit → order_dispatched (p50/p99) with appeals paced at half that maximum rate, once
+   every queue is empty (the projections nobody waits for have caught up with the bursts);
    before each run, notify sends what the last one left due (e-mail to the local mailbox is not
    rate-limited here: each run pays for its own receipts and notices, not for the last one's);
 4. CPU milliseconds per appeal for each process during phase 2 (each service, RabbitMQ, PostgreSQL,
@@ -201,14 +202,18 @@ def driver(api_port, count, concurrency, rate, out, kind="varied"):
 
 def collector(amqp_uri, queue, expected, ready, out):
     from kombu import Connection
-    arrivals = {}
+    arrivals, received = {}, {}
     cpu0 = time.process_time()
     with Connection(amqp_uri) as conn:
         channel = conn.channel()
         channel.basic_qos(0, 500, False)
 
         def on_message(message):
-            arrivals[json.loads(message.body)["case_no"]] = time.time()
+            envelope = json.loads(message.body)
+            if envelope["type"] == "appeal_received":   # for the stages: when intake raised it
+                received[envelope["case_no"]] = envelope["occurred_at"]
+            else:
+                arrivals[envelope["case_no"]] = (time.time(), envelope["occurred_at"])
             channel.basic_ack(message.delivery_tag)
 
         channel.basic_consume(queue, callback=on_message)
@@ -222,7 +227,7 @@ def collector(amqp_uri, queue, expected, ready, out):
                 pass
             if len(arrivals) > seen:
                 last_progress, seen = time.time(), len(arrivals)
-    out.put({"arrivals": arrivals, "cpu": time.process_time() - cpu0})
+    out.put({"arrivals": arrivals, "received": received, "cpu": time.process_time() - cpu0})
 
 
 def start_profilers(platform, directory):
@@ -255,6 +260,9 @@ def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varie
         q = Queue(queue, exchange=exchange, routing_key="order_dispatched", durable=False,
                   auto_delete=False, channel=channel)
         q.declare()
+        intake_events = Exchange("intake.events", type="topic", durable=True, channel=channel)
+        intake_events.declare()
+        q.bind_to(intake_events, routing_key="appeal_received")
     ready, collected = mp.Event(), mp.Queue()
     driven = Path(tempfile.mkstemp(suffix=".json")[1])
     coll = mp.Process(target=collector, args=(platform.amqp_uri, queue, count, ready, collected))
@@ -285,31 +293,59 @@ def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varie
     with Connection(platform.amqp_uri) as conn:
         conn.default_channel.queue_delete(queue)
     sent, arrivals = d["sent"], c["arrivals"]
-    latencies = sorted((arrivals[k] - sent[k]) * 1000 for k in sent if k in arrivals)
+    latencies = sorted((arrivals[k][0] - sent[k]) * 1000 for k in sent if k in arrivals)
+    # where it went: submit → triage raised order_dispatched (intake, its relay, triage) and from
+    # there → here (triage's commit and relay, the broker)
+    from datetime import datetime
+    raised = {k: datetime.fromisoformat(occurred).timestamp() for k, (_, occurred) in arrivals.items()}
+    intake_raised = {k: datetime.fromisoformat(occurred).timestamp() for k, occurred in c["received"].items()}
+    both = [k for k in sent if k in raised and k in intake_raised]
+    stages = {"submit → appeal_received raised (intake)": sorted((intake_raised[k] - sent[k]) * 1000 for k in both),
+              "→ order_dispatched raised (relay, broker, triage)": sorted((raised[k] - intake_raised[k]) * 1000
+                                                                           for k in both),
+              "→ received here (triage's commit, relay, broker)": sorted((arrivals[k][0] - raised[k]) * 1000
+                                                                          for k in both)}
     missing = len(sent) - len(latencies)
-    span = max(arrivals.values()) - min(sent.values())
+    span = max(at for at, _ in arrivals.values()) - min(sent.values())
     cpu = {name: sum(after - cpu_before[name].get(pid, 0.0) for pid, after in pids.items())
            for name, pids in cpu_after.items()}
     cpu["load driver"] = d["cpu"]
     cpu["event collector"] = c["cpu"]
     return {"rate": len(latencies) / span, "latencies": latencies, "missing": missing, "cpu": cpu,
-            "count": count, "sending_after": sending_after}
+            "count": count, "sending_after": sending_after, "stages": stages}
 
 
-def settle(platform, timeout=300):
+def settle(platform, timeout=300, queues=False):
     """Wait until notify has sent what is due (the citizens' receipts, the units' notices of the
-    last run): otherwise the next run would pay for the last one's e-mails. Returns the seconds
-    waited, or None if it did not settle in ``timeout``."""
+    last run): otherwise the next run would pay for the last one's e-mails. With ``queues``, also
+    until every queue of the run's vhost is empty (metrics' and intake's projections, which nobody
+    waits for, may still be working through a burst: a paced run must not share the machine with
+    that backlog). Returns the seconds waited, or None if it did not settle in ``timeout``."""
     import psycopg2
     url = platform.db_url("notify").replace("postgresql+psycopg2://", "postgresql://")
+    vhost = platform.amqp_uri.rsplit("/", 1)[1]
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         with psycopg2.connect(url) as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()")
-            if cur.fetchone()[0] == 0:
-                return time.monotonic() - started
+            due = cur.fetchone()[0]
+        if due == 0 and (not queues or queued_messages(vhost) == 0):
+            return time.monotonic() - started
         time.sleep(0.5)
     return None
+
+
+def queued_messages(vhost):
+    """Messages ready or unacknowledged in the vhost's queues (retry and dead-letter queues left out:
+    a message waiting there is not work in progress)."""
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    total = 0
+    for line in out.splitlines():
+        name, _, count = line.rpartition("\t")
+        if name and count.isdigit() and ".retry." not in name and not name.endswith(".dead"):
+            total += int(count)
+    return total
 
 
 def pct(values, q):
@@ -371,15 +407,17 @@ def main():
               flush=True)
 
         half = e2e / 2
-        waited = settle(platform)
-        print(f"notify sent what the runs left due in {waited:.0f} s" if waited is not None
-              else "notify had not sent everything due after 300 s", flush=True)
+        waited = settle(platform, queues=True)
+        print(f"the queues emptied and notify sent what the runs left due in {waited:.0f} s" if waited is not None
+              else "the queues had not emptied (or notify sent everything due) after 300 s", flush=True)
         paced = run_phase(platform, max(100, int(half * args.latency_seconds)), args.concurrency, rate=half,
                           kind=args.workload)
         lat = paced["latencies"]
         p50, p99 = pct(lat, 50), pct(lat, 99)
         print(f"latency at half the maximum rate ({half:,.0f}/s, {paced['count']} appeals): "
               f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, achieved {paced['rate']:,.1f}/s", flush=True)
+        for stage, values in paced["stages"].items():
+            print(f"  {stage}: p50 {pct(values, 50):.1f} ms, p99 {pct(values, 99):.1f} ms", flush=True)
 
         after = best["sending_after"]
         print("CPU per appeal during the maximum-rate run (ms), until notify had sent its receipts and notices "
