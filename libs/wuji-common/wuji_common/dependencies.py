@@ -131,9 +131,11 @@ class Database(DependencyProvider):
                 if time.monotonic() - self._backlog_read >= self.poll_seconds:
                     # a gauge for scrapes: at most once per poll interval, not after every commit
                     self._backlog_read = time.monotonic()
+                    # published rows waiting for their mark are no backlog: marked first (at most
+                    # once a poll interval more), so that the count and the oldest age are exact
+                    self.relay.mark_published()
                     backlog, age = self.relay.backlog()
-                    # published rows waiting for their mark are not a backlog
-                    metrics.OUTBOX_BACKLOG.labels(service).set(max(0, backlog - self.relay.unmarked))
+                    metrics.OUTBOX_BACKLOG.labels(service).set(backlog)
                     metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)
             except Exception:
                 # broker or database away: everything stays in the outbox and is retried (handed
