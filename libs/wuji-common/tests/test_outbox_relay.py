@@ -30,6 +30,14 @@ def rated(uow, n):
         u.commit()
 
 
+def handing(engine, handoff_seconds):
+    """A unit-of-work factory whose commits hand their events over (into the list returned too),
+    as the service's Database does."""
+    handed = []
+    return handed, lambda: UnitOfWork(session_factory(engine), metadata, "intake", on_commit=handed.extend,
+                                      handoff_seconds=handoff_seconds)
+
+
 def unpublished(engine):
     with engine.connect() as conn:
         return conn.execute(select(func.count()).where(outbox.c.published_at.is_(None))).scalar()
@@ -161,9 +169,7 @@ def test_events_handed_over_at_commit_are_published_without_a_claim_and_rescued_
     relay's poll leaves them alone; the relay publishes and marks them; and events whose process
     died before publishing are published by any relay once the claim has run out."""
     engine, _, relay = setup(db_url, amqp_uri)
-    handed = []
-    uow = lambda: UnitOfWork(session_factory(engine), metadata, "intake",  # noqa: E731
-                             on_commit=handed.extend, handoff_seconds=0.5)
+    handed, uow = handing(engine, handoff_seconds=0.5)
     tap = EventTap(amqp_uri, ("intake", "appeal_rated"))
     try:
         for n in range(3):
@@ -187,9 +193,7 @@ def test_handed_events_are_published_at_once_and_marked_together_later(db_url, a
     poll meanwhile leaves the published rows alone (still claimed by their writer)."""
     engine, _, _ = setup(db_url, amqp_uri)
     relay = OutboxRelay(engine, outbox, BatchPublisher(amqp_uri), batch_size=100, mark_every=0.3)
-    handed = []
-    uow = lambda: UnitOfWork(session_factory(engine), metadata, "intake",  # noqa: E731
-                             on_commit=handed.extend, handoff_seconds=5)
+    handed, uow = handing(engine, handoff_seconds=5)
     tap = EventTap(amqp_uri, ("intake", "appeal_rated"))
     try:
         for n in range(4):

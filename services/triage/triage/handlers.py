@@ -140,20 +140,26 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
     return results
 
 
+def _received_at(data):
+    return aware(_timestamp(data["received_at"])).astimezone(timezone.utc)
+
+
+def _neighbours(router, index, case_no, data, signature):
+    """[(case_no, similarity)] of the recent appeals in the town that this one is a near duplicate
+    of, as the index holds them now (at most MAX_NEIGHBOURS)."""
+    if index is None:
+        return []
+    detection = router.taxonomy.detection
+    since = _received_at(data) - timedelta(hours=detection.hotspot_window_hours)
+    return index.neighbours(signature, data["town_code"], since, detection.hotspot_min_similarity,
+                            exclude=case_no)[:MAX_NEIGHBOURS]
+
+
 def _stored_neighbours(router, index, envelopes, payloads, signatures):
     """The stored appeals the batch's appeals are near duplicates of (the index as it stands before
     the batch adds its own), for :func:`_read_for_batch` to read their hot spots at once."""
-    if index is None:
-        return set()
-    detection = router.taxonomy.detection
-    window = timedelta(hours=detection.hotspot_window_hours)
-    codes = set()
-    for envelope, data, signature in zip(envelopes, payloads, signatures):
-        received_at = aware(_timestamp(data["received_at"])).astimezone(timezone.utc)
-        codes.update(c for c, _ in index.neighbours(signature, data["town_code"], received_at - window,
-                                                    detection.hotspot_min_similarity,
-                                                    exclude=envelope["case_no"])[:MAX_NEIGHBOURS])
-    return codes
+    return {c for envelope, data, signature in zip(envelopes, payloads, signatures)
+            for c, _ in _neighbours(router, index, envelope["case_no"], data, signature)}
 
 
 def _read_for_batch(uow, case_nos, payloads, batch, neighbours=()):
@@ -202,14 +208,12 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, ba
     time. Returns the summary of its new order, or None when the appeal already has one."""
     case_no = envelope["case_no"]
     title, content = data["title"], data["content"]
-    received_at = aware(_timestamp(data["received_at"])).astimezone(timezone.utc)
+    received_at = _received_at(data)
     detection = router.taxonomy.detection
     s = uow.session
     if _active_orders(s, [case_no], batch).get(case_no) is not None:
         return None  # the dedup record stays: this event is done with
-    neighbours = index.neighbours(
-        signature, data["town_code"], received_at - timedelta(hours=detection.hotspot_window_hours),
-        detection.hotspot_min_similarity, exclude=case_no)[:MAX_NEIGHBOURS] if index is not None else []
+    neighbours = _neighbours(router, index, case_no, data, signature)
     town_code, village_code = _location(s, data["town_code"], data["village_code"], batch)
     # no order yet, so no appeal row yet either (a racing duplicate clashes on the key and retries)
     appeal = Appeal(case_no=case_no, channel=data["channel"], title=title, content=content,
