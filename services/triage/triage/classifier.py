@@ -118,7 +118,12 @@ class Classifier:
 
     def scores(self, items: list[tuple[str, str]]) -> np.ndarray:
         """Uncalibrated SVM scores, one row per (subject, body)."""
-        return self.features.matrix(items) @ self.weights + self.bias
+        matrix = self.features.matrix(items)
+        # only the weight rows of the batch's n-grams: ``matrix @ self.weights`` would first copy all
+        # of the float32 weights to float64 (1.7 ms a batch, whatever its size)
+        used = sparse.csr_matrix((matrix.data, np.arange(matrix.nnz), matrix.indptr),
+                                 shape=(matrix.shape[0], matrix.nnz))
+        return used @ self.weights[matrix.indices].astype(np.float64) + self.bias
 
     def _probabilities(self, scores):
         return _softmax(scores @ self.calibration_coef.T + self.calibration_bias)
