@@ -44,3 +44,27 @@ def test_a_connection_that_died_while_idle_is_replaced_before_use(engine):
     time.sleep(0.3)
     assert backend_pid(engine) != dead   # the ping found it dead; a new connection served the call
     assert len(pings) == 1
+
+
+def test_an_update_for_many_rows_goes_in_pages_not_one_round_trip_per_row(monkeypatch):
+    """psycopg2's plain executemany runs one statement per row, a round trip each; the engine sends
+    an UPDATE executed for many rows as pages of a batch (psycopg2.extras.execute_batch)."""
+    import psycopg2.extras
+    from sqlalchemy import Column, Integer, MetaData, Table, bindparam, insert, select, update
+    batches = []
+    original = psycopg2.extras.execute_batch
+    monkeypatch.setattr(psycopg2.extras, "execute_batch",
+                        lambda cur, sql, args, **kw: batches.append(len(args)) or original(cur, sql, args, **kw))
+    engine = make_engine(f"{PG_BASE}/postgres", ping_after_idle_seconds=None)
+    table = Table("many_rows", MetaData(), Column("id", Integer, primary_key=True), Column("n", Integer),
+                  prefixes=["TEMPORARY"])
+    try:
+        with engine.begin() as conn:
+            table.create(conn)
+            conn.execute(insert(table), [{"id": i, "n": 0} for i in range(30)])
+            conn.execute(update(table).where(table.c.id == bindparam("row")).values(n=bindparam("value")),
+                         [{"row": i, "value": i * 2} for i in range(30)])
+            assert conn.execute(select(table.c.n).order_by(table.c.id)).scalars().all() == [i * 2 for i in range(30)]
+    finally:
+        engine.dispose()
+    assert batches == [30]

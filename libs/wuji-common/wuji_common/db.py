@@ -59,6 +59,11 @@ def make_engine(url, **kwargs):
         # commands and tools, which hold one or two connections at a time
         kwargs.setdefault("pool_size", 4)
         kwargs.setdefault("max_overflow", 20)
+    if url.startswith("postgresql+psycopg2"):
+        # an UPDATE or DELETE executed for many rows goes in pages of one round trip each
+        # (psycopg2's execute_batch), not one round trip per row; INSERTs are unchanged (one
+        # multi-row VALUES)
+        kwargs.setdefault("executemany_mode", "values_plus_batch")
     engine = create_engine(url, **kwargs)
     if ping_after is not None and not kwargs.get("pool_pre_ping"):
         _ping_when_idle(engine, ping_after)

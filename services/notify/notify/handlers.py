@@ -44,7 +44,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
 from marshmallow import ValidationError as SchemaError
-from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, null, or_, select, tuple_, update
+from sqlalchemy import Boolean, and_, bindparam, case, delete, func, insert, null, or_, select, tuple_, update
 from sqlalchemy.exc import OperationalError
 
 from notify import content, domain
@@ -817,53 +817,34 @@ def record_settled(uow, settled, now=None):
     if not settled:
         return []
     now = now or _now()
-    by_lease = {}
-    for claim, _ in settled:
-        by_lease.setdefault(claim.lease, []).append(claim.id)
     with uow:
         s = uow.session
-        # the rows still held by these claims, locked: a claimer that finds a lease just run out
-        # skips them (FOR UPDATE SKIP LOCKED) instead of taking them over under our update
-        held = {(r.id, r.attempts) for r in s.execute(select(D.c.id, D.c.attempts).where(
-            D.c.status == PENDING,
-            or_(*(and_(D.c.claimed_until == lease, D.c.id.in_(ids)) for lease, ids in by_lease.items())))
-            .with_for_update())}
+        # the rows still held by these claims (same lease, same attempt), locked: a claimer that
+        # finds a lease just run out skips them (FOR UPDATE SKIP LOCKED) instead of taking them over
+        # under our update; with each, whether its attempt was written ('sending') before the send
+        found = s.execute(_held_query(), {"ids": [c.id for c, _ in settled]}).all()
+        current = {r.id: (r.attempts, _aware(r.claimed_until), r.attempt_written) for r in found}
+        held = {(c.id, c.attempts) for c, _ in settled
+                if current.get(c.id, (None, None))[:2] == (c.attempts, c.lease)}
         mine = [(c, o) for c, o in settled if (c.id, c.attempts) in held]
         if mine:
-            ids = [c.id for c, _ in mine]
-            by_status = {}
-            for c, o in mine:
-                by_status.setdefault(o.status, []).append(c.id)
-            addresses = {c.id: o.address for c, o in mine if o.address}
-            errors = {c.id: o.error for c, o in mine if o.status != SENT and o.error}
-            reasons = {c.id: o.reason for c, o in mine if o.status != SENT and o.reason}
-            sent_ids = by_status.get(SENT, [])
-
-            def per_row(values, else_):  # each row its own value, the others keep theirs
-                return case(values, value=D.c.id, else_=else_) if values else else_
-            s.execute(update(D).where(D.c.id.in_(ids)).values(
-                status=case(*((D.c.id.in_(v), literal(k)) for k, v in by_status.items()), else_=D.c.status),
-                sent_at=case((D.c.id.in_(sent_ids), literal(now, D.c.sent_at.type)), else_=D.c.sent_at)
-                if sent_ids else D.c.sent_at,
-                # a send clears the last error; a skip or failure writes its own, if it has one
-                last_error=per_row(errors, case((D.c.id.in_(sent_ids), null()), else_=D.c.last_error)
-                                   if sent_ids else D.c.last_error),
-                reason=per_row(reasons, D.c.reason),
-                address=per_row(addresses, D.c.address),
-                next_attempt_at=None, claimed_until=None, updated_at=now))
+            # one statement each, executed for many rows (fixed statements: compiled once; on
+            # PostgreSQL sent as pages of a batch, wuji_common.db.make_engine)
+            s.execute(_SETTLE, [{
+                "d_id": c.id, "d_status": o.status, "d_sent_at": now if o.status == SENT else None,
+                "d_sent": o.status == SENT, "d_error": o.error if o.status != SENT else None,
+                "d_reason": o.reason if o.status != SENT else None, "d_address": o.address or None,
+                "d_now": now} for c, o in mine])
             # the attempt: claimed on a channel that drops repeats, or marked right before an SMS
             # or WeChat send, it is 'sending'; one that ended before that (a skip) is written now
-            outcome_of = {c.id: o.status for c, o in mine}
-            error_of = {c.id: o.error or o.reason for c, o in mine if o.error or o.reason}
-            finished = set(s.execute(update(A).where(
-                tuple_(A.c.delivery_id, A.c.number).in_([(c.id, c.attempts) for c, _ in mine]),
-                A.c.outcome == "sending").values(
-                    outcome=case(outcome_of, value=A.c.delivery_id),
-                    error=case(error_of, value=A.c.delivery_id, else_=None) if error_of else None,
-                    finished_at=now).returning(A.c.delivery_id)).scalars())
+            written = [(c, o) for c, o in mine if current[c.id][2]]
+            if written:
+                s.execute(_FINISH_ATTEMPT, [{"a_id": c.id, "a_number": c.attempts, "a_outcome": o.status,
+                                             "a_error": o.error or o.reason or None, "a_now": now}
+                                            for c, o in written])
             unwritten = [{"delivery_id": c.id, "number": c.attempts, "outcome": o.status,
                           "error": o.error or o.reason, "started_at": now, "finished_at": now}
-                         for c, o in mine if c.id not in finished and o.status != SENT]
+                         for c, o in mine if not current[c.id][2] and o.status != SENT]
             if unwritten:
                 s.execute(insert(A), unwritten)
             probed = {c.provider for c, o in mine if c.probe and o.status == SENT}
@@ -881,6 +862,37 @@ def record_settled(uow, settled, now=None):
                         c.event_type, c.attempts, o.status, o.error or o.reason or "")
         results.append(Recorded(o.status))
     return results
+
+
+
+@lru_cache(maxsize=None)
+def _held_query():
+    """:func:`record_settled`'s pending rows among ``ids``, locked, each with its attempt count, its
+    lease and whether its current attempt was written as 'sending'."""
+    sending = A.alias("sending")
+    return (select(D.c.id, D.c.attempts, D.c.claimed_until,
+                   (sending.c.delivery_id.is_not(None)).label("attempt_written"))
+            .outerjoin(sending, and_(sending.c.delivery_id == D.c.id, sending.c.number == D.c.attempts,
+                                     sending.c.outcome == "sending"))
+            .where(D.c.status == PENDING, D.c.id.in_(bindparam("ids", expanding=True)))
+            .with_for_update(of=D))
+
+
+# a settled delivery: its status; sent_at if sent; its last error cleared by a send, else its own
+# if it has one; its reason and address if it has them (else it keeps theirs); no longer due or held
+_SETTLE = update(D).where(D.c.id == bindparam("d_id")).values(
+    status=bindparam("d_status"),
+    sent_at=func.coalesce(bindparam("d_sent_at", type_=D.c.sent_at.type), D.c.sent_at),
+    last_error=case((bindparam("d_sent", type_=Boolean), null()),
+                    else_=func.coalesce(bindparam("d_error", type_=D.c.last_error.type), D.c.last_error)),
+    reason=func.coalesce(bindparam("d_reason", type_=D.c.reason.type), D.c.reason),
+    address=func.coalesce(bindparam("d_address", type_=D.c.address.type), D.c.address),
+    next_attempt_at=None, claimed_until=None, updated_at=bindparam("d_now", type_=D.c.updated_at.type))
+
+_FINISH_ATTEMPT = update(A).where(
+    A.c.delivery_id == bindparam("a_id"), A.c.number == bindparam("a_number"), A.c.outcome == "sending").values(
+    outcome=bindparam("a_outcome"), error=bindparam("a_error", type_=A.c.error.type),
+    finished_at=bindparam("a_now", type_=A.c.finished_at.type))
 
 
 def release(uow, claims, now=None):
