@@ -16,12 +16,12 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from functools import wraps
+from functools import lru_cache, wraps
 from types import SimpleNamespace
 from uuid import uuid4
 
 from marshmallow import ValidationError as SchemaError
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import aliased
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
@@ -183,12 +183,8 @@ def _read_for_batch(uow, case_nos, payloads, batch, neighbours=()):
     people = sorted({(p["citizen_ref"], p["town_code"]) for p in payloads if p["citizen_ref"]})
     histories = batch.setdefault("histories", {})
     if people:
-        recent = (select(Appeal, func.row_number().over(
-                      partition_by=(Appeal.citizen_ref, Appeal.town_code),
-                      order_by=Appeal.received_at.desc()).label("rank"))
-                  .where(Appeal.citizen_ref.in_(sorted({ref for ref, _ in people}))).subquery())
-        latest = aliased(Appeal, recent)
-        rows = s.execute(select(latest).where(recent.c.rank <= EARLIER_LIMIT + 1)).scalars().all()
+        rows = s.execute(_latest_appeals_query(), {"refs": sorted({ref for ref, _ in people}),
+                                                   "rank": EARLIER_LIMIT + 1}).scalars().all()
         for key in people:
             histories[key] = []
         for row in rows:
@@ -201,6 +197,18 @@ def _read_for_batch(uow, case_nos, payloads, batch, neighbours=()):
     earlier = [a.case_no for found in histories.values() if found for a in found]
     _active_orders(s, [*case_nos, *earlier], batch)
     uow.reserve_ids_ahead("work_orders", len(case_nos))
+
+
+@lru_cache(maxsize=None)
+def _latest_appeals_query():
+    """The latest appeals (up to ``rank``) of each person of ``refs`` in each town, newest first;
+    built once (an aliased subquery costs more to build than the database takes to answer it)."""
+    recent = (select(Appeal, func.row_number().over(
+                  partition_by=(Appeal.citizen_ref, Appeal.town_code),
+                  order_by=Appeal.received_at.desc()).label("rank"))
+              .where(Appeal.citizen_ref.in_(bindparam("refs", expanding=True))).subquery())
+    latest = aliased(Appeal, recent)
+    return select(latest).where(recent.c.rank <= bindparam("rank"))
 
 
 def _dispatch(uow, router, index, envelope, data, assessment, signature, now, batch):
