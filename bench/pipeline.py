@@ -22,6 +22,7 @@ Prints, in order:
    the load driver, the event collector), counted until notify has sent the run's receipts and
    notices too (it may still be sending after the last dispatch: that is work the appeals caused).
 The last line is one JSON object: e2e_per_s, raw_broker_per_s, ratio, p50_ms, p99_ms, cpu_ms_per_appeal.
+The services run as `make run` runs them: notify and metrics at nice 10 (``--background-nice``).
 Everything runs on this machine's loopback, in a RabbitMQ vhost and PostgreSQL databases of its own,
 removed at the end.
 """
@@ -365,6 +366,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="runs of each rate measurement (median)")
     parser.add_argument("--workload", choices=("varied", "same"), default="varied",
                         help="varied: real messages everywhere (default); same: one mass hot spot")
+    parser.add_argument("--background-nice", type=int, default=10,
+                        help="niceness of notify and metrics, as make run starts them (default 10; 0: none)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="directory: py-spy samples each service during the first maximum-rate "
                              "run (raw collapsed stacks, <service>.txt); needs py-spy")
@@ -383,7 +386,8 @@ def main():
     # the local mailbox is no provider with a quota: e-mail at the rate notify can send, so that each
     # run's CPU includes the sending of its receipts and notices (the default, 10/s, is a quota)
     platform = Platform(amqp_uri, db_urls, workdir / "log",
-                        env={**mailbox.env(), "WUJI_CONTACT_KEYS": contact_keys, "NOTIFY_RATE_LIMIT_EMAIL": "1000"})
+                        env={**mailbox.env(), "WUJI_CONTACT_KEYS": contact_keys, "NOTIFY_RATE_LIMIT_EMAIL": "1000"},
+                        background_nice=args.background_nice)
     try:
         raw = [raw_broker_rate(amqp_uri, args.raw_messages) for _ in range(args.repeats)]
         raw_rate = statistics.median(raw)

@@ -14,11 +14,13 @@ from urllib.parse import urlparse
 
 from kombu import Connection
 
-from wuji_common.local_platform import DEFAULT_METRICS_PORTS, SERVICES, Mailbox, Platform, port_open
+from wuji_common.local_platform import BACKGROUND, DEFAULT_METRICS_PORTS, SERVICES, Mailbox, Platform, port_open
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = ROOT / "var"
 SMTP_PORT = 1025
+# notify and metrics yield the CPU to intake and triage (wuji_common.local_platform.BACKGROUND)
+BACKGROUND_NICE = int(os.environ.get("WUJI_BACKGROUND_NICE", "10"))
 
 
 def say(text=""):
@@ -71,7 +73,7 @@ def main():
     db_urls = Platform.server_urls(args.database_url) if args.database_url else Platform.sqlite_urls(VAR)
     mailbox = Mailbox(VAR, port=SMTP_PORT) if not port_open(SMTP_PORT) else None
     platform = Platform(args.amqp_uri, db_urls, VAR / "log", api_port=args.api_port,
-                        metrics_ports=dict(DEFAULT_METRICS_PORTS),
+                        metrics_ports=dict(DEFAULT_METRICS_PORTS), background_nice=BACKGROUND_NICE,
                         env=mailbox.env() if mailbox else {"SMTP_HOST": "127.0.0.1",
                                                            "SMTP_PORT": str(SMTP_PORT)})
 
@@ -116,7 +118,8 @@ Wuji is running; Ctrl-C stops every service.
   databases       {args.database_url or f'SQLite files under {VAR}/'}""")
     for service in SERVICES:
         say(f"  {service:<12}    metrics http://127.0.0.1:{platform.metrics_ports[service]}/metrics"
-            f"    log var/log/{service}.log")
+            f"    log var/log/{service}.log"
+            + (f"    nice {BACKGROUND_NICE}" if service in BACKGROUND and BACKGROUND_NICE else ""))
     if mailbox:
         say(f"  mailbox         smtp://127.0.0.1:{SMTP_PORT}    mail var/maildir/new/")
     say(f"  access tokens   issuer keys {VAR / 'auth'}/; an administrator's token for the wuji command:"

@@ -116,6 +116,13 @@ class Mailbox:
         self.process.wait(timeout=10)
 
 
+# The services that work behind the citizen's path: receipts and notices (a quarter second later
+# is not noticed), KPIs (read in minutes). On one box shared with the broker and the database they
+# yield the CPU to intake and triage when both want it, so a burst of their batched work does not
+# hold up the next appeal's dispatch (make run: nice 10; docker-compose: a quarter of the CPU shares).
+BACKGROUND = ("notify", "metrics")
+
+
 class Platform:
     """Five service processes sharing one broker (``amqp_uri``, vhost included).
 
@@ -123,10 +130,13 @@ class Platform:
     default to free ports; ``env`` adds to the services' environment (e.g. SMTP_HOST/SMTP_PORT).
     Logs go to ``<logdir>/<service>.log``. Without WUJI_AUTH_PUBLIC_KEYS in the environment (the
     test fixtures set it), a local issuer is made in ``<logdir>/../auth`` (:func:`dev_auth_env`).
+    ``background_nice``: the CPU niceness of the :data:`BACKGROUND` services (0: as the others).
     """
 
-    def __init__(self, amqp_uri, db_urls, logdir, api_port=None, metrics_ports=None, env=None):
+    def __init__(self, amqp_uri, db_urls, logdir, api_port=None, metrics_ports=None, env=None,
+                 background_nice=0):
         self.amqp_uri = amqp_uri
+        self.background_nice = background_nice
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.api_port = api_port or free_port()
@@ -182,12 +192,18 @@ class Platform:
         for service in services or SERVICES:
             log = open(self.logdir / f"{service}.log", "ab")
             self.processes[service] = subprocess.Popen(
-                [str(BIN / "nameko"), "run", "--config", str(ROOT / "services" / service / "config.yml"),
-                 f"{service}.service"],
-                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                self.command(service), env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             log.close()
         if wait:
             self.wait_ready(*(services or SERVICES))
+
+    def command(self, service):
+        """The command line that runs ``service``."""
+        run = [str(BIN / "nameko"), "run", "--config", str(ROOT / "services" / service / "config.yml"),
+               f"{service}.service"]
+        if service in BACKGROUND and self.background_nice:
+            return ["nice", "-n", str(self.background_nice), *run]  # nice execs it: same process
+        return run
 
     def wait_ready(self, *services, timeout=60, rpc_consumers=1):
         """Until every service's metrics port (and intake's API) answers and its RPC queue has
