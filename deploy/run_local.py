@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from kombu import Connection
 
-from wuji_common.local_platform import BACKGROUND, DEFAULT_METRICS_PORTS, SERVICES, Mailbox, Platform, port_open
+from wuji_common.local_platform import DEFAULT_METRICS_PORTS, SERVICES, Mailbox, Platform, port_open
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = ROOT / "var"
@@ -119,7 +119,7 @@ Wuji is running; Ctrl-C stops every service.
     for service in SERVICES:
         say(f"  {service:<12}    metrics http://127.0.0.1:{platform.metrics_ports[service]}/metrics"
             f"    log var/log/{service}.log"
-            + (f"    nice {BACKGROUND_NICE}" if service in BACKGROUND and BACKGROUND_NICE else ""))
+            + (f"    nice {platform.niceness(service)}" if platform.niceness(service) else ""))
     if mailbox:
         say(f"  mailbox         smtp://127.0.0.1:{SMTP_PORT}    mail var/maildir/new/")
     say(f"  access tokens   issuer keys {VAR / 'auth'}/; an administrator's token for the wuji command:"

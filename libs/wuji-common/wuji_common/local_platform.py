@@ -192,17 +192,22 @@ class Platform:
         for service in services or SERVICES:
             log = open(self.logdir / f"{service}.log", "ab")
             self.processes[service] = subprocess.Popen(
-                self.command(service), env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                self.command(service), env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
             log.close()
         if wait:
             self.wait_ready(*(services or SERVICES))
+
+    def niceness(self, service):
+        """The CPU niceness ``service`` runs at (0: the default)."""
+        return self.background_nice if service in BACKGROUND else 0
 
     def command(self, service):
         """The command line that runs ``service``."""
         run = [str(BIN / "nameko"), "run", "--config", str(ROOT / "services" / service / "config.yml"),
                f"{service}.service"]
-        if service in BACKGROUND and self.background_nice:
-            return ["nice", "-n", str(self.background_nice), *run]  # nice execs it: same process
+        if self.niceness(service):
+            return ["nice", "-n", str(self.niceness(service)), *run]  # nice execs it: same process
         return run
 
     def wait_ready(self, *services, timeout=60, rpc_consumers=1):

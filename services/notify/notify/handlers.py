@@ -822,11 +822,12 @@ def record_settled(uow, settled, now=None):
         # the rows still held by these claims (same lease, same attempt), locked: a claimer that
         # finds a lease just run out skips them (FOR UPDATE SKIP LOCKED) instead of taking them over
         # under our update; with each, whether its attempt was written ('sending') before the send
-        found = s.execute(_held_query(), {"ids": [c.id for c, _ in settled]}).all()
-        current = {r.id: (r.attempts, _aware(r.claimed_until), r.attempt_written) for r in found}
-        held = {(c.id, c.attempts) for c, _ in settled
-                if current.get(c.id, (None, None))[:2] == (c.attempts, c.lease)}
-        mine = [(c, o) for c, o in settled if (c.id, c.attempts) in held]
+        current = {r.id: r for r in s.execute(_held_query(), {"ids": [c.id for c, _ in settled]})}
+
+        def holds(claim):
+            row = current.get(claim.id)
+            return row is not None and (row.attempts, _aware(row.claimed_until)) == (claim.attempts, claim.lease)
+        mine = [(c, o) for c, o in settled if holds(c)]
         if mine:
             # one statement each, executed for many rows (fixed statements: compiled once; on
             # PostgreSQL sent as pages of a batch, wuji_common.db.make_engine)
@@ -837,14 +838,14 @@ def record_settled(uow, settled, now=None):
                 "d_now": now} for c, o in mine])
             # the attempt: claimed on a channel that drops repeats, or marked right before an SMS
             # or WeChat send, it is 'sending'; one that ended before that (a skip) is written now
-            written = [(c, o) for c, o in mine if current[c.id][2]]
+            written = [(c, o) for c, o in mine if current[c.id].attempt_written]
             if written:
                 s.execute(_FINISH_ATTEMPT, [{"a_id": c.id, "a_number": c.attempts, "a_outcome": o.status,
                                              "a_error": o.error or o.reason or None, "a_now": now}
                                             for c, o in written])
             unwritten = [{"delivery_id": c.id, "number": c.attempts, "outcome": o.status,
                           "error": o.error or o.reason, "started_at": now, "finished_at": now}
-                         for c, o in mine if not current[c.id][2] and o.status != SENT]
+                         for c, o in mine if not current[c.id].attempt_written and o.status != SENT]
             if unwritten:
                 s.execute(insert(A), unwritten)
             probed = {c.provider for c, o in mine if c.probe and o.status == SENT}
@@ -853,7 +854,7 @@ def record_settled(uow, settled, now=None):
         uow.commit()
     results = []
     for c, o in settled:
-        if (c.id, c.attempts) not in held:
+        if not holds(c):
             results.append(Recorded(None))
             continue
         if o.status != SENT:
@@ -862,7 +863,6 @@ def record_settled(uow, settled, now=None):
                         c.event_type, c.attempts, o.status, o.error or o.reason or "")
         results.append(Recorded(o.status))
     return results
-
 
 
 @lru_cache(maxsize=None)
