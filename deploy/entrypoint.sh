@@ -24,8 +24,8 @@ if [ -n "$placeholders" ]; then
     exit 78
 fi
 
-"$SERVICE" db upgrade
-"$SERVICE" load-reference      # every service answers it; loading again changes nothing
+# every service answers --load-reference; loading again changes nothing
+"$SERVICE" db upgrade --load-reference
 
 # Prometheus scrapes the metrics port from another container, so it must listen beyond loopback.
 # MetricsExporter reads METRICS_ADDRESS from the nameko config; a config.yml that does not pass it

@@ -172,7 +172,7 @@ def test_the_setup_job_migrates_every_database_then_declares_every_queue():
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] in ("OnFailure", "Never")
     migrations = [c["command"][-1] for c in pod["initContainers"]]
-    assert migrations == [f"{svc} db upgrade && {svc} load-reference" for svc in METRICS_PORTS]
+    assert migrations == [f"{svc} db upgrade --load-reference" for svc in METRICS_PORTS]
     for svc, container in zip(METRICS_PORTS, pod["initContainers"]):
         assert {e["name"] for e in container["env"]} >= {f"{svc.upper()}_DB_URL"}
     [declare] = pod["containers"]
