@@ -18,13 +18,14 @@ Prints, in order:
    every queue is empty (the projections nobody waits for have caught up with the bursts);
    before each run, notify sends what the last one left due (e-mail to the local mailbox is not
    rate-limited here: each run pays for its own receipts and notices, not for the last one's);
-   with where the latency goes, and the CPU per appeal at that steady rate (its batches are small:
-   each appeal pays more of their fixed costs than in a burst);
+   with where the latency goes, the CPU per appeal at that steady rate (its batches are small:
+   each appeal pays more of their fixed costs than in a burst) and how long each service was
+   runnable but waiting for a core (its run-queue time, per appeal: latency no profile shows);
 4. CPU milliseconds per appeal for each process during phase 2 (each service, RabbitMQ, PostgreSQL,
    the load driver, the event collector), counted until notify has sent the run's receipts and
    notices too (it may still be sending after the last dispatch: that is work the appeals caused).
 The last line is one JSON object: e2e_per_s, raw_broker_per_s, ratio, p50_ms, p99_ms, cpu_ms_per_appeal,
-paced_cpu_ms_per_appeal.
+paced_cpu_ms_per_appeal, paced_run_queue_ms_per_appeal.
 The services run as `make run` runs them: notify and metrics at nice 10 (``--background-nice``).
 Everything runs on this machine's loopback, in a RabbitMQ vhost and PostgreSQL databases of its own,
 removed at the end.
@@ -61,6 +62,19 @@ def cpu_seconds(pid):
         return (int(fields[11]) + int(fields[12])) / TICKS
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
+
+
+def run_queue_seconds(pid):
+    """Time the process's threads have spent runnable but waiting for a CPU so far (from
+    /proc/<pid>/task/*/schedstat), or 0 if it is gone: on a machine whose cores are all busy, this
+    is latency that no CPU profile of the process shows."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            pass
+    return total / 1e9
 
 
 def pids_of(pattern):
@@ -276,7 +290,7 @@ def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varie
         # PostgreSQL starts a backend per connection: count every backend alive at either end
         groups = {**{s: [p] for s, p in platform.pids().items()},
                   "rabbitmq": pids_of("beam.smp"), "postgresql": pids_of("postgres")}
-        return {name: {p: cpu_seconds(p) for p in pids} for name, pids in groups.items()}
+        return {name: {p: (cpu_seconds(p), run_queue_seconds(p)) for p in pids} for name, pids in groups.items()}
 
     profilers = start_profilers(platform, profile) if profile else []
     cpu_before = snapshot()
@@ -311,11 +325,13 @@ def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varie
                                                                           for k in both)}
     missing = len(sent) - len(latencies)
     span = max(at for at, _ in arrivals.values()) - min(sent.values())
-    cpu = {name: sum(after - cpu_before[name].get(pid, 0.0) for pid, after in pids.items())
+    cpu = {name: sum(after[0] - cpu_before[name].get(pid, (0.0, 0.0))[0] for pid, after in pids.items())
            for name, pids in cpu_after.items()}
+    waited = {name: sum(after[1] - cpu_before[name].get(pid, (0.0, 0.0))[1] for pid, after in pids.items())
+              for name, pids in cpu_after.items()}
     cpu["load driver"] = d["cpu"]
     cpu["event collector"] = c["cpu"]
-    return {"rate": len(latencies) / span, "latencies": latencies, "missing": missing, "cpu": cpu,
+    return {"rate": len(latencies) / span, "latencies": latencies, "missing": missing, "cpu": cpu, "waited": waited,
             "count": count, "sending_after": sending_after, "stages": stages}
 
 
@@ -431,6 +447,11 @@ def main():
                      for name, seconds in sorted(paced["cpu"].items(), key=lambda kv: -kv[1])}
         print(f"  CPU per appeal at this rate: {sum(paced_cpu.values()):.1f} ms ("
               + ", ".join(f"{name} {ms:.1f}" for name, ms in paced_cpu.items()) + ")", flush=True)
+        # runnable but not running: the cores were busy with the other processes
+        paced_wait = {name: round(seconds * 1000 / paced["count"], 2)
+                      for name, seconds in sorted(paced["waited"].items(), key=lambda kv: -kv[1])}
+        print("  waiting for a CPU per appeal at this rate (ms, run queue): "
+              + ", ".join(f"{name} {ms:.1f}" for name, ms in paced_wait.items()), flush=True)
 
         after = best["sending_after"]
         print("CPU per appeal during the maximum-rate run (ms), until notify had sent its receipts and notices "
@@ -447,6 +468,7 @@ def main():
         print(json.dumps({"e2e_per_s": round(e2e, 1), "raw_broker_per_s": round(raw_rate, 1),
                           "ratio": round(e2e / raw_rate, 4), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
                           "cpu_ms_per_appeal": cpu_ms, "paced_cpu_ms_per_appeal": paced_cpu,
+                          "paced_run_queue_ms_per_appeal": paced_wait,
                           "workload": args.workload}, ensure_ascii=False))
     finally:
         platform.stop()
