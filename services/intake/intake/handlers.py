@@ -398,8 +398,8 @@ def apply_order_events(uow, consumer, envelopes, on_handled=None):
 
 
 # what the projection of order events reads and writes back (the key first)
-PROJECTED = (Appeal.case_no, Appeal.status, Appeal.updated_at, Appeal.unit_name, Appeal.unit_code,
-             Appeal.resolve_due_at, Appeal.version)
+PROJECTED = (Appeal.case_no, Appeal.status, Appeal.updated_at, Appeal.order_event_at, Appeal.unit_name,
+             Appeal.unit_code, Appeal.resolve_due_at, Appeal.version)
 
 
 def _project(appeal, envelope):
@@ -411,10 +411,14 @@ def _project(appeal, envelope):
         appeal["unit_name"] = data["unit_name"]
         appeal["unit_code"] = data["unit_code"]  # whose head may see the contact (reveal_contact)
     # queues of different event types are consumed concurrently: a late event must not turn
-    # the status back (accepted arriving after resolved stays in the timeline only)
-    if status and at > _aware(appeal["updated_at"]):
+    # the status back (accepted arriving after resolved stays in the timeline only). Order events
+    # are compared with the last one applied, not with intake's own changes: the order closed after
+    # a rating may carry an earlier time than the rating if triage's clock is behind intake's
+    last = appeal["order_event_at"]
+    if status and (last is None or at > _aware(last)):
         appeal["status"] = status
-        appeal["updated_at"] = at
+        appeal["updated_at"] = max(at, _aware(appeal["updated_at"]))
+        appeal["order_event_at"] = at
         if data.get("resolve_due_at"):  # dispatched / reopened: the deadline now running
             appeal["resolve_due_at"] = datetime.fromisoformat(data["resolve_due_at"]).astimezone(timezone.utc)
     appeal["version"] += 1

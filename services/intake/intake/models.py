@@ -44,6 +44,10 @@ class Appeal(Base):
     resolve_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # when the last order event applied to the status was raised (triage's clock): order events are
+    # ordered among themselves by it, never against intake's own times (submission, rating), which
+    # come from another clock and, in tests, to the microsecond where events carry milliseconds
+    order_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, default=1)
     # when retention erased the personal data of this closed case (intake retention)
     personal_data_erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -176,6 +176,7 @@ def order_event(case_no, event_type, **data):
         "order_accepted": {"status": "accepted", "accepted_at": "2026-11-25T09:00:00+00:00", "within_deadline": True},
         "order_resolved": {"status": "resolved", "resolution": "已修复", "resolved_at": "2026-11-25T10:00:00+00:00",
                            "within_deadline": True},
+        "order_closed": {"status": "closed", "satisfaction": "satisfied", "closed_at": "2026-11-25T11:00:00+00:00"},
     }[event_type]
     return make_event(event_type, case_no, {**base, **extra, **data})
 
@@ -251,6 +252,31 @@ def test_a_batch_of_order_events_is_applied_once_each_or_not_at_all(intake_db, a
     assert handlers.apply_order_events(uow(), "intake.test", accepted) == 3
 
 
+def test_order_events_are_ordered_among_themselves_not_against_intakes_own_times(intake_db, appeal_payload):
+    """Order events carry triage's clock, to the millisecond; the submission and the rating carry
+    intake's, to the microsecond. With triage's clock a second behind, the case still goes round the
+    loop in intake's view, and a late event still does not turn the status back."""
+    _, uow = intake_db
+    r = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")
+    case_no, token = r["case_no"], r["tracking_token"]
+    now = datetime.now(timezone.utc)
+
+    def raised(event_type, seconds_ago):
+        event = order_event(case_no, event_type)
+        event["occurred_at"] = (now - timedelta(seconds=seconds_ago)).isoformat(timespec="milliseconds")
+        return event
+    handlers.apply_order_event(uow(), "intake.test", raised("order_dispatched", 1.0))
+    assert handlers.staff_view(uow(), case_no)["status"] == "dispatched"
+    handlers.apply_order_event(uow(), "intake.test", raised("order_resolved", 0.6))
+    handlers.rate_appeal(uow(), case_no, token, {"satisfaction": "satisfied"})
+    assert handlers.staff_view(uow(), case_no)["status"] == "rated"
+    handlers.apply_order_event(uow(), "intake.test", raised("order_closed", 0.4))
+    assert handlers.staff_view(uow(), case_no)["status"] == "closed"
+    handlers.apply_order_event(uow(), "intake.test", raised("order_accepted", 0.8))  # late
+    view = handlers.staff_view(uow(), case_no)
+    assert view["status"] == "closed" and len(view["timeline"]) == 6
+
+
 def test_a_late_event_does_not_turn_the_status_back(intake_db, appeal_payload):
     _, uow = intake_db
     case_no = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")["case_no"]
@@ -272,3 +298,43 @@ def test_reception_level_travels_with_the_appeal(intake_db, appeal_payload):
     with pytest.raises(ValidationError) as err:
         handlers.submit_appeal(uow(), {**appeal_payload, "reception_level": "province"}, citizen_key="k")
     assert "reception_level" in err.value.fields
+
+
+def test_the_migrations_build_exactly_the_models(intake_db):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from intake.models import metadata
+    engine = create_engine(intake_db[0])
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    engine.dispose()
+
+
+def test_the_order_event_time_of_appeals_stored_before_it_was_kept(db_url):
+    """Migration 0007: appeals whose status came from an order event take their last change as the
+    time of that event, so that a late event arriving after the upgrade still cannot turn them back."""
+    from sqlalchemy import create_engine, text
+
+    from pathlib import Path
+
+    from wuji_common.migrations import upgrade
+    migrations = Path(handlers.__file__).parent / "migrations"
+    upgrade(migrations, db_url, "0006")
+    engine = create_engine(db_url)
+    columns = "case_no, channel, title, content, town_code, attachments, anonymous, hide_identity, " \
+              "tracking_token_hash, status, received_at, updated_at, version"
+    with engine.begin() as conn:
+        for n, status in enumerate(("received", "accepted")):
+            conn.execute(text(f"INSERT INTO appeals ({columns}) VALUES (:c, 'web', 't', 'c', '370404101', "
+                              "'[]', false, false, 'h', :s, :at, :at, 1)"),
+                         {"c": f"YC2026112500000{n}", "s": status, "at": datetime(2026, 11, 25, 8, n, tzinfo=timezone.utc)})
+    upgrade(migrations, db_url)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(text("SELECT status, order_event_at FROM appeals")).all())
+    engine.dispose()
+    accepted = stored["accepted"]  # SQLite hands back the text it keeps
+    accepted = datetime.fromisoformat(accepted) if isinstance(accepted, str) else accepted
+    assert stored["received"] is None
+    assert handlers._aware(accepted) == datetime(2026, 11, 25, 8, 1, tzinfo=timezone.utc)
