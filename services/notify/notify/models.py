@@ -79,8 +79,8 @@ class Delivery(Base):
         # a lane's queue in order, and whether something of the lane is in flight
         Index("ix_deliveries_lane", "lane", "status", "occurred_at"),
         Index("ix_deliveries_lane_claimed", "lane", "claimed_until"),
-        # the rows in flight only: "is something of this lane in flight" is one probe, whatever
-        # the planner believes of the table's size (migration 0006)
+        # the rows in flight only: the claim reads the lanes in flight from it in one pass,
+        # whatever the planner believes of the table's size (migration 0006)
         Index("ix_deliveries_in_flight", "lane", postgresql_where=text(IN_FLIGHT), sqlite_where=text(IN_FLIGHT)),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # also the Message-ID / X-Wuji-Delivery
