@@ -117,3 +117,9 @@ STATUS_AFTER = {
     "order_reopened": "reopened",
     "order_closed": "closed",
 }
+
+# the order in which a case passes through the statuses: of two order events raised in the same
+# millisecond (events carry milliseconds; a return and the new dispatch share one transaction),
+# the one later in this order is the later one
+LIFECYCLE = ("received", "returned", "dispatched", "accepted", "resolved", "rated", "reopened", "closed")
+

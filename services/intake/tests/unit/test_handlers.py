@@ -177,6 +177,7 @@ def order_event(case_no, event_type, **data):
         "order_resolved": {"status": "resolved", "resolution": "已修复", "resolved_at": "2026-11-25T10:00:00+00:00",
                            "within_deadline": True},
         "order_closed": {"status": "closed", "satisfaction": "satisfied", "closed_at": "2026-11-25T11:00:00+00:00"},
+        "order_returned": {"status": "returned", "reason": "不属于本单位职责"},
     }[event_type]
     return make_event(event_type, case_no, {**base, **extra, **data})
 
@@ -275,6 +276,24 @@ def test_order_events_are_ordered_among_themselves_not_against_intakes_own_times
     handlers.apply_order_event(uow(), "intake.test", raised("order_accepted", 0.8))  # late
     view = handlers.staff_view(uow(), case_no)
     assert view["status"] == "closed" and len(view["timeline"]) == 6
+
+
+def test_order_events_of_the_same_millisecond_apply_in_the_order_of_the_lifecycle(intake_db, appeal_payload):
+    """Events carry milliseconds: a return and the new dispatch of one transaction, or events built
+    back to back, share one. Whatever order they arrive in, the later step of the case wins."""
+    _, uow = intake_db
+    same = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat(timespec="milliseconds")
+    arrivals = [(("order_dispatched", "order_accepted", "order_resolved"), "resolved"),
+                (("order_resolved", "order_accepted", "order_dispatched"), "resolved"),
+                (("order_returned", "order_dispatched"), "dispatched"),
+                (("order_dispatched", "order_returned"), "dispatched")]
+    for event_types, status in arrivals:
+        case_no = handlers.submit_appeal(uow(), appeal_payload, citizen_key="k")["case_no"]
+        for event_type in event_types:
+            event = order_event(case_no, event_type)
+            event["occurred_at"] = same
+            handlers.apply_order_event(uow(), "intake.test", event)
+        assert handlers.staff_view(uow(), case_no)["status"] == status, event_types
 
 
 def test_a_late_event_does_not_turn_the_status_back(intake_db, appeal_payload):
