@@ -28,13 +28,14 @@ The last line is one JSON object: e2e_per_s, raw_broker_per_s, ratio, p50_ms, p9
 paced_cpu_ms_per_appeal, paced_run_queue_ms_per_appeal.
 The services run as `make run` runs them: notify and metrics at nice 10 (``--background-nice``).
 Everything runs on this machine's loopback, in a RabbitMQ vhost and PostgreSQL databases of its own,
-removed at the end.
+removed at the end, as is its work folder (the services' logs, the mail) unless the run failed.
 """
 import argparse
 import base64
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -250,7 +251,6 @@ def collector(amqp_uri, queue, expected, ready, out):
 
 def start_profilers(platform, directory):
     """py-spy sampling each service process (CPU samples only), raw collapsed stacks per service."""
-    import shutil
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():   # a profiling aid only, so not among the project's requirements
         sys.exit("--profile needs py-spy: .venv/bin/pip install py-spy")
@@ -397,6 +397,7 @@ def main():
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     amqp_uri = f"{AMQP_HOST}/{vhost}"
     workdir = Path(tempfile.mkdtemp(prefix="wuji-bench-"))
+    finished = False
     prefix = f"wuji_bench_{os.getpid()}"
     db_urls = Platform.server_urls(PG, prefix)
     mailbox = Mailbox(workdir).start()
@@ -470,6 +471,7 @@ def main():
                           "cpu_ms_per_appeal": cpu_ms, "paced_cpu_ms_per_appeal": paced_cpu,
                           "paced_run_queue_ms_per_appeal": paced_wait,
                           "workload": args.workload}, ensure_ascii=False))
+        finished = True
     finally:
         platform.stop()
         mailbox.stop()
@@ -477,6 +479,11 @@ def main():
         for service in SERVICES:
             drop_postgres_database(f"{prefix}_{service}")
         rabbitmqctl("delete_vhost", vhost)
+        # the services' logs and the mail they sent: kept only when the run did not finish
+        if finished:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"the services' logs are kept in {workdir / 'log'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
