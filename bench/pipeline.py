@@ -290,7 +290,8 @@ def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varie
         # PostgreSQL starts a backend per connection: count every backend alive at either end
         groups = {**{s: [p] for s, p in platform.pids().items()},
                   "rabbitmq": pids_of("beam.smp"), "postgresql": pids_of("postgres")}
-        return {name: {p: (cpu_seconds(p), run_queue_seconds(p)) for p in pids} for name, pids in groups.items()}
+        return {name: {p: (cpu_seconds(p), run_queue_seconds(p)) for p in pids}
+                for name, pids in groups.items()}
 
     profilers = start_profilers(platform, profile) if profile else []
     cpu_before = snapshot()
@@ -325,14 +326,16 @@ def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varie
                                                                           for k in both)}
     missing = len(sent) - len(latencies)
     span = max(at for at, _ in arrivals.values()) - min(sent.values())
-    cpu = {name: sum(after[0] - cpu_before[name].get(pid, (0.0, 0.0))[0] for pid, after in pids.items())
-           for name, pids in cpu_after.items()}
-    waited = {name: sum(after[1] - cpu_before[name].get(pid, (0.0, 0.0))[1] for pid, after in pids.items())
-              for name, pids in cpu_after.items()}
+    # per group: (CPU, run-queue) seconds of its processes over the run
+    used = {name: [sum(after[i] - cpu_before[name].get(pid, (0.0, 0.0))[i] for pid, after in pids.items())
+                   for i in (0, 1)]
+            for name, pids in cpu_after.items()}
+    cpu = {name: seconds for name, (seconds, _) in used.items()}
+    waited = {name: seconds for name, (_, seconds) in used.items()}
     cpu["load driver"] = d["cpu"]
     cpu["event collector"] = c["cpu"]
-    return {"rate": len(latencies) / span, "latencies": latencies, "missing": missing, "cpu": cpu, "waited": waited,
-            "count": count, "sending_after": sending_after, "stages": stages}
+    return {"rate": len(latencies) / span, "latencies": latencies, "missing": missing, "cpu": cpu,
+            "waited": waited, "count": count, "sending_after": sending_after, "stages": stages}
 
 
 def settle(platform, timeout=300, queues=False):

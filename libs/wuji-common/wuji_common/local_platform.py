@@ -180,9 +180,10 @@ class Platform:
 
     def prepare(self):
         """Migrate every database, load reference data and declare every queue; returns the last
-        line each step printed (a service's reference load, then the declaration). Most of each step is a Python process importing its service (about
-        two seconds), so each service migrates and loads in one process, and the services' steps
-        run side by side (each has its own database)."""
+        line each step printed (a service's reference load, then the declaration). Most of each
+        step is a Python process importing its service (about two seconds), so each service
+        migrates and loads in one process, and the services' steps run side by side (each has its
+        own database)."""
         def migrate_and_load(service):
             said = self._step(BIN / service, "db", "upgrade", "--load-reference",
                               "--db-url", self.db_url(service))

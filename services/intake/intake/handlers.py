@@ -415,7 +415,8 @@ def _project(appeal, envelope):
     # are compared with the last one applied, not with intake's own changes: the order closed after
     # a rating may carry an earlier time than the rating if triage's clock is behind intake's
     last = appeal["order_event_at"]
-    if status and (last is None or at > _aware(last) or (at == _aware(last) and _later(status, appeal["status"]))):
+    if status and (last is None or at > _aware(last)
+                   or (at == _aware(last) and _later(status, appeal["status"]))):
         appeal["status"] = status
         appeal["updated_at"] = max(at, _aware(appeal["updated_at"]))
         appeal["order_event_at"] = at
@@ -426,10 +427,12 @@ def _project(appeal, envelope):
             "text": domain.timeline_text(event_type, data)}
 
 
+_LIFECYCLE_RANK = {status: n for n, status in enumerate(domain.LIFECYCLE)}
+
+
 def _later(status, current):
     """Whether ``status`` comes after ``current`` in a case's lifecycle (domain.LIFECYCLE)."""
-    rank = {s: n for n, s in enumerate(domain.LIFECYCLE)}
-    return rank.get(status, -1) > rank.get(current, -1)
+    return _LIFECYCLE_RANK.get(status, -1) > _LIFECYCLE_RANK.get(current, -1)
 
 
 def load_divisions(uow, rows):
