@@ -526,16 +526,31 @@ def _due_query(lane, only):
 
 def _lane_ahead(s, found, now):
     """{row id: the due rows of its lane not younger than it} for the rows found, in one read of the
-    found lanes' due rows (locked ones included: SKIP LOCKED left them out of ``found``)."""
-    lanes = sorted({r.lane for r in found if r.lane is not None})
-    due = {}
-    if lanes:
-        for lane, occurred_at, row_id in s.execute(select(D.c.lane, D.c.occurred_at, D.c.id).where(
-                D.c.lane.in_(lanes), D.c.status == PENDING, D.c.next_attempt_at <= now)):
-            due.setdefault(lane, []).append((occurred_at, row_id))
-    return {r.id: sum(1 for at, row_id in due.get(r.lane, ())
-                      if at is not None and r.occurred_at is not None and at <= r.occurred_at and row_id != r.id)
-            for r in found}
+    found lanes' due rows up to the youngest found (locked ones included: SKIP LOCKED left them out
+    of ``found``). Counted by bisection: a lane of a unit told of every appeal in a burst holds
+    hundreds of due rows, and comparing each found row with each of them cost notify a tenth of
+    its CPU."""
+    lanes = sorted({r.lane for r in found if r.lane is not None and r.occurred_at is not None})
+    if not lanes:
+        return {r.id: 0 for r in found}
+    youngest = max(r.occurred_at for r in found if r.lane is not None and r.occurred_at is not None)
+    due = {}  # lane → ([occurred_at], {row id})
+    for lane, occurred_at, row_id in s.execute(select(D.c.lane, D.c.occurred_at, D.c.id).where(
+            D.c.lane.in_(lanes), D.c.status == PENDING, D.c.next_attempt_at <= now,
+            D.c.occurred_at <= youngest)):
+        times, ids = due.setdefault(lane, ([], set()))
+        times.append(occurred_at)
+        ids.add(row_id)
+    for times, _ in due.values():
+        times.sort()
+    ahead = {}
+    for r in found:
+        times, ids = due.get(r.lane, ((), ()))
+        if r.occurred_at is None or not times:
+            ahead[r.id] = 0
+        else:  # not counting itself
+            ahead[r.id] = bisect_right(times, r.occurred_at) - (r.id in ids)
+    return ahead
 
 
 def _heads(s, found, probing, lanes, now):

@@ -456,6 +456,26 @@ def test_a_lane_whose_head_another_instance_is_claiming_is_left_to_it(uow, db_ur
     assert [c.case_no for c in claims] == cases["dept-housing"]
 
 
+def test_the_rows_ahead_in_a_lane_are_counted_as_one_by_one_comparison_would(uow):
+    """_lane_ahead counts by bisection (a unit's lane can hold hundreds of due rows); the counts
+    are those of comparing each found row with every due row of its lane, ties and all."""
+    subs, cases = two_departments(uow)
+    same_time = rows(uow, cases["dept-water"][1])[0].occurred_at
+    for _ in range(2):  # two more in A's lane, raised in the same instant as A2
+        record(uow, accepted(new_case(), "dept-water", same_time.replace(tzinfo=timezone.utc)))
+    now = datetime.now(timezone.utc)
+    with uow:
+        s = uow.session
+        due = s.execute(select(Delivery).where(Delivery.status == "pending")).scalars().all()
+        assert len(due) == 8
+
+        def one_by_one(r):
+            return sum(1 for d in due if d.lane == r.lane and d.occurred_at <= r.occurred_at and d.id != r.id)
+        ordered = sorted(due, key=lambda d: (d.occurred_at, d.id))
+        for found in (ordered, ordered[::2], ordered[3:5], [ordered[-1]]):
+            assert handlers._lane_ahead(s, found, now) == {r.id: one_by_one(r) for r in found}
+
+
 def test_a_lane_is_taken_up_to_a_row_another_instance_holds(uow, db_url):
     if not db_url.startswith("postgresql"):
         pytest.skip("row locks are PostgreSQL's (SQLite claimers take turns on the write lock)")
