@@ -158,6 +158,14 @@ class Taxonomy:
         self.keyword_precedence = keyword_precedence
         self.review = review
         self.detection = detection
+        # the items' keywords by their first character: an appeal is searched only for those
+        # starting with a character it has (most of the 447 shipped are absent from any one appeal)
+        self._keywords_by_start, self._items_by_keyword = {}, {}
+        for order, item in enumerate(self.items.values()):
+            for k in item.keywords:
+                self._keywords_by_start.setdefault(k[:1], set()).add(k)
+                self._items_by_keyword.setdefault(k, set()).add(order)
+        self._item_list = list(self.items.values())
 
     def label_of(self, category_code):
         """The classifier label whose own category this is, else the category's name: what a
@@ -239,17 +247,23 @@ class Taxonomy:
     def keyword_matches(self, title, content):
         """(item, score) for the items whose keywords occur in the appeal, best first. A keyword scores
         its length (longer is more specific), doubled in the title; ties keep the file's order."""
+        present = self._keywords_in(title, content)
         scored = []
-        for order, item in enumerate(self.items.values()):
-            found = [k for k in item.keywords if k in title or k in content]
-            if not found:
-                continue
+        for order in set().union(*(self._items_by_keyword[k] for k in present)):
+            item = self._item_list[order]
+            found = [k for k in item.keywords if k in present]
             # a keyword inside a longer one that matched (欠工资 in 拖欠工资) adds nothing
             found = [k for k in found if not any(k != other and k in other for other in found)]
             score = sum(len(k) * (2 if k in title else 1) for k in found)
             if score:
                 scored.append((-score, order, item))
         return [(item, -neg) for neg, _, item in sorted(scored)]
+
+    def _keywords_in(self, title, content):
+        """The items' keywords that occur in the title or the content."""
+        starts = set(title).union(content, ("",))  # "": an empty keyword is in every text
+        candidates = set().union(*(self._keywords_by_start[c] for c in starts if c in self._keywords_by_start))
+        return {k for k in candidates if k in title or k in content}
 
     def risk_flags(self, title, content, item):
         """Every risk rule the appeal meets, and the item's own urgent words, each with the words

@@ -3,6 +3,7 @@ a collaborator, deadlines and the work-order life cycle."""
 import copy
 from collections import namedtuple
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import yaml
@@ -76,6 +77,27 @@ def test_keywords_in_the_title_and_longer_keywords_weigh_more(taxonomy):
     [(best, _), *_] = taxonomy.keyword_matches("反映问题", "夜间施工噪音扰民")
     assert best.code == "noise"  # 夜间施工 + 噪音 + 扰民 beat 施工 alone
     assert taxonomy.keyword_matches("你好", "想问一件事") == []
+
+
+def test_the_keywords_found_are_those_a_search_for_each_keyword_finds(taxonomy):
+    """keyword_matches looks up keywords by their first two characters; it finds exactly what
+    searching the title and the content for each keyword in turn finds: on real messages, on the
+    keywords themselves, and on texts made of keyword fragments (a pair across title and content
+    is not a keyword found)."""
+    from triage import classifier as clf
+    here = Path(__file__).resolve()
+    training = next(p for p in (here.parents[5] / "shared" / "data" / "appeals-train.csv",
+                                here.parents[4] / "shared" / "data" / "appeals-train.csv") if p.exists())
+    keywords = [k for item in taxonomy.items.values() for k in item.keywords]
+
+    def each_in_turn(title, content):
+        return {k for k in keywords if k in title or k in content}
+    texts = [(m["subject"], m["body"]) for m in clf.read_csv(training)[:300]]
+    texts += [(k, "") for k in keywords] + [("", k) for k in keywords]
+    texts += [(k[:-1], k[-1:]) for k in keywords]
+    texts += [(keywords[i][1:], keywords[i - 1][:1]) for i in range(len(keywords))]
+    for title, content in texts:
+        assert taxonomy._keywords_in(title, content) == each_in_turn(title, content), (title, content)
 
 
 # --- routing: category × location → unit ----------------------------------------------------
