@@ -3,6 +3,7 @@ from nameko.extensions import DependencyProvider
 from prometheus_client import REGISTRY
 
 from metrics.exposition import DomainCollector
+from metrics.handlers import LogCounts
 from metrics.models import metadata
 from wuji_common.dependencies import Database, MetricsExporter  # noqa: F401
 
@@ -25,6 +26,16 @@ class DomainMetrics(DependencyProvider):
     def stop(self):
         # a stopped service must not keep serving numbers it no longer refreshes
         COLLECTOR.publish(None)
+
+
+class LogTally(DependencyProvider):
+    """The event log's counts kept between snapshots (handlers.LogCounts), one per container."""
+
+    def setup(self):
+        self.counts = LogCounts()
+
+    def get_dependency(self, worker_ctx):
+        return self.counts
 
 
 class KpiTimeZone(DependencyProvider):

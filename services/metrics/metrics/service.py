@@ -10,7 +10,7 @@ plus wuji_common's entrypoint series, on METRICS_PORT.
 """
 
 from metrics import assessment, handlers
-from metrics.dependencies import DomainMetrics, KpiTimeZone, MetricsDatabase, MetricsExporter
+from metrics.dependencies import DomainMetrics, KpiTimeZone, LogTally, MetricsDatabase, MetricsExporter
 from wuji_common import audit, auth, metrics as common_metrics
 from wuji_common.audit import audited
 from wuji_common.auth import CurrentCaller, rpc
@@ -28,6 +28,7 @@ class MetricsService:
     exporter = MetricsExporter()
     publish_series = DomainMetrics()
     kpi_timezone = KpiTimeZone()
+    log_counts = LogTally()  # the log is counted incrementally between snapshots
     caller = CurrentCaller()
 
     # --- RPC ------------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ class MetricsService:
         events arriving meanwhile wait and then refold). Returns {"events", "orders", "appeals"}.
         Long on a big log: call it with a generous timeout, or run `metrics rebuild` instead."""
         result = handlers.rebuild(audited(self.uow(), self.caller, "rebuild", "projections"))
-        self.publish_series(handlers.metrics_snapshot(self.uow(), tz=self.kpi_timezone))
+        self._publish_snapshot()
         return result
 
     @rpc(roles=OVERSIGHT + ("ops",))
@@ -69,7 +70,11 @@ class MetricsService:
     # --- Prometheus -----------------------------------------------------------------------------
     @config_timer("REFRESH_SECONDS", 15, eager=True)
     def refresh_series(self):
-        self.publish_series(handlers.metrics_snapshot(self.uow(), tz=self.kpi_timezone))
+        self._publish_snapshot()
+
+    def _publish_snapshot(self):
+        self.publish_series(handlers.metrics_snapshot(self.uow(), tz=self.kpi_timezone,
+                                                      log_counts=self.log_counts))
 
     # --- events ---------------------------------------------------------------------------------
     @event_handler("auth", "token_revoked")
