@@ -123,12 +123,13 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
                 fresh.discard(envelope["event_id"])  # the same event twice in one batch: once
                 handled.append(n)
         if handled:
+            changes = index.changes if index is not None else None  # as it stands when asked
+            before = _stored_neighbours(router, index, [envelopes[n] for n in handled],
+                                        [payloads[n] for n in handled], [signatures[n] for n in handled])
+            batch["neighbours_before"] = (changes, before)
             # what the batch's appeals ask of the database, read once for all of them
-            _read_for_batch(uow, [envelopes[n]["case_no"] for n in handled],
-                            [payloads[n] for n in handled], batch,
-                            _stored_neighbours(router, index, [envelopes[n] for n in handled],
-                                               [payloads[n] for n in handled],
-                                               [signatures[n] for n in handled]))
+            _read_for_batch(uow, [envelopes[n]["case_no"] for n in handled], [payloads[n] for n in handled],
+                            batch, {c for found in before.values() for c, _ in found})
         for n in handled:
             results[n] = _dispatch(uow, router, index, envelopes[n], payloads[n], assessments[n],
                                    signatures[n], now, batch)
@@ -156,10 +157,21 @@ def _neighbours(router, index, case_no, data, signature):
 
 
 def _stored_neighbours(router, index, envelopes, payloads, signatures):
-    """The stored appeals the batch's appeals are near duplicates of (the index as it stands before
-    the batch adds its own), for :func:`_read_for_batch` to read their hot spots at once."""
-    return {c for envelope, data, signature in zip(envelopes, payloads, signatures)
-            for c, _ in _neighbours(router, index, envelope["case_no"], data, signature)}
+    """{event id: :func:`_neighbours`} of the batch's appeals among the stored ones (the index as it
+    stands before the batch adds its own), for :func:`_read_for_batch` to read their hot spots at
+    once."""
+    return {envelope["event_id"]: _neighbours(router, index, envelope["case_no"], data, signature)
+            for envelope, data, signature in zip(envelopes, payloads, signatures)}
+
+
+def _neighbours_now(router, index, envelope, data, signature, batch):
+    """:func:`_neighbours` as the index holds them now: those found before the batch if nothing was
+    added to the index or dropped from it since (the first appeal of a batch; every appeal when they
+    arrive one at a time), else asked again (the batch's earlier appeals are in it now)."""
+    changes, before = batch.get("neighbours_before", (None, {}))
+    if index is not None and changes == index.changes and envelope["event_id"] in before:
+        return before[envelope["event_id"]]
+    return _neighbours(router, index, envelope["case_no"], data, signature)
 
 
 def _read_for_batch(uow, case_nos, payloads, batch, neighbours=()):
@@ -221,7 +233,7 @@ def _dispatch(uow, router, index, envelope, data, assessment, signature, now, ba
     s = uow.session
     if _active_orders(s, [case_no], batch).get(case_no) is not None:
         return None  # the dedup record stays: this event is done with
-    neighbours = _neighbours(router, index, case_no, data, signature)
+    neighbours = _neighbours_now(router, index, envelope, data, signature, batch)
     town_code, village_code = _location(s, data["town_code"], data["village_code"], batch)
     # no order yet, so no appeal row yet either (a racing duplicate clashes on the key and retries)
     appeal = Appeal(case_no=case_no, channel=data["channel"], title=title, content=content,

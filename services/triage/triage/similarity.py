@@ -385,6 +385,7 @@ class AppealIndex:
     def __init__(self, index=None, retention=None):
         self.index = index or NearDuplicateIndex()
         self.retention = retention  # a timedelta: how long an appeal is kept for comparison
+        self.changes = 0  # appeals added or dropped so far: an answer read before is still right if unchanged
 
     @staticmethod
     def text_of(title, content):
@@ -421,10 +422,14 @@ class AppealIndex:
         if signature is None:
             return False
         self.index.add(case_no, None, town_code, received_at.timestamp(), signature=signature)
+        self.changes += 1
         return True
 
     def forget_before(self, instant):
-        return self.index.expire(instant.timestamp())
+        dropped = self.index.expire(instant.timestamp())
+        if dropped:
+            self.changes += 1
+        return dropped
 
     def forget_expired(self, now):
         return self.forget_before(now - self.retention) if self.retention else 0

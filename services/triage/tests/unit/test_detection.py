@@ -345,6 +345,47 @@ def test_a_hot_spot_opened_within_a_batch_is_joined_by_the_next_appeals_of_that_
     assert (cluster["appeals"], cluster["people"]) == (5, 4)
 
 
+class WatchedIndex(AppealIndex):
+    """Counts the questions asked of it; ``meanwhile`` runs at the first (another batch adding an
+    appeal while this one reads the database)."""
+
+    def __init__(self, meanwhile=None):
+        super().__init__()
+        self.asked, self.meanwhile = 0, meanwhile
+
+    def neighbours(self, *args, **kwargs):
+        self.asked += 1
+        found = super().neighbours(*args, **kwargs)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile(self)
+        return found
+
+
+@pytest.mark.parametrize("changed_meanwhile", [False, True])
+def test_an_appeal_arriving_alone_asks_the_index_once_unless_it_changed_meanwhile(
+        db, router, appeal, appeal_received, outbox_events, changed_meanwhile):
+    """The batch asks the index for each appeal's neighbours before it reads the database; an appeal
+    arriving alone takes that answer, unless the index changed in between (then it asks again and
+    finds the appeal added meanwhile: here the second neighbour, and with it the hot spot)."""
+    appeal(1, "化工厂偷排污水", TEXTS[0], citizen_ref=PERSON_A, village_code=JINSI, at=T0 + timedelta(hours=1))
+    appeal(2, "化工厂偷排污水", TEXTS[1], citizen_ref=PERSON_B, village_code=JINSI, at=T0 + timedelta(hours=2))
+
+    def another_batch_adds_the_second(index):
+        index.remember("YC20261125000002", "化工厂偷排污水", TEXTS[1], YINPING, T0 + timedelta(hours=2))
+    index = WatchedIndex(another_batch_adds_the_second if changed_meanwhile else None)
+    index.remember("YC20261125000001", "化工厂偷排污水", TEXTS[0], YINPING, T0 + timedelta(hours=1))
+    if not changed_meanwhile:
+        another_batch_adds_the_second(index)
+    third = appeal_received(case_no="YC20261125000003", title="化工厂偷排污水", content=TEXTS[2],
+                            citizen_ref=PERSON_C, village_code=JINSI,
+                            received_at=(T0 + timedelta(hours=3)).isoformat())
+    handlers.dispatch_appeals(db(), router, CONSUMER, [third], now=T0 + timedelta(hours=3), index=index)
+    assert index.asked == (2 if changed_meanwhile else 1)
+    [hotspot] = events(outbox_events, db, "hotspot_detected")
+    assert hotspot["data"]["case_nos"] == [f"YC20261125{n:06d}" for n in (1, 2, 3)]
+
+
 def test_one_person_many_times_other_towns_and_old_appeals_make_no_hot_spot(db, appeal, outbox_events):
     index = AppealIndex()
     for n, text in enumerate(TEXTS[:3], start=1):  # one person, three times
