@@ -296,7 +296,7 @@ def metrics_snapshot(uow, now=None, tz="Asia/Shanghai", log_counts=None):
     of today and of the month so far (calendar days in ``tz``) are those ``metrics.kpis`` gives,
     per town and per unit. With ``log_counts`` (a :class:`LogCounts` the caller keeps between
     snapshots) the log's counts are read incrementally; without, the whole log is counted."""
-    o, a = OrderFact, AppealFact
+    o = OrderFact
     now = _utc(now)
     windows = kpi_windows(now, tz)
     # the SQL form of domain.overdue_stage
@@ -305,9 +305,6 @@ def metrics_snapshot(uow, now=None, tz="Asia/Shanghai", log_counts=None):
     stage = case((resolve_late, "resolve"), else_="accept")
     with uow:
         s = uow.session
-
-        def rows(stmt):
-            return [(tuple(r[:-1]), r[-1]) for r in s.execute(stmt)]
 
         def kpi_counts(key):
             return [((period, group, measure), n)
@@ -318,12 +315,7 @@ def metrics_snapshot(uow, now=None, tz="Asia/Shanghai", log_counts=None):
         logged = log_counts.read(s, now) if log_counts is not None else _count_log(s)
         return {
             **logged,
-            "appeals_received": rows(
-                select(a.town_code, a.channel, func.count())
-                .where(a.received_at.is_not(None)).group_by(a.town_code, a.channel)),
-            "appeals_by_category": rows(
-                select(a.town_code, a.category, func.count())
-                .where(a.received_at.is_not(None)).group_by(a.town_code, a.category)),
+            **_appeals_received(s),
             **_orders_by_status(s, stage, or_(resolve_late, accept_late)),
             "kpi_by_town": kpi_counts("town_code"),
             "kpi_by_unit": kpi_counts("unit_code"),
@@ -331,6 +323,19 @@ def metrics_snapshot(uow, now=None, tz="Asia/Shanghai", log_counts=None):
                               "resolve_seconds": (o.resolve_seconds, RESOLVE_BUCKETS),
                               "close_seconds": (o.close_seconds, CLOSE_BUCKETS)}),
         }
+
+
+def _appeals_received(s):
+    """The appeals received per town by channel and per town by category, in one pass over the
+    appeals (one row per appeal, kept for good) instead of two."""
+    a = AppealFact
+    by_channel, by_category = {}, {}
+    for town, channel, category, n in s.execute(
+            select(a.town_code, a.channel, a.category, func.count()).where(a.received_at.is_not(None))
+            .group_by(a.town_code, a.channel, a.category)):
+        by_channel[(town, channel)] = by_channel.get((town, channel), 0) + n
+        by_category[(town, category)] = by_category.get((town, category), 0) + n
+    return {"appeals_received": list(by_channel.items()), "appeals_by_category": list(by_category.items())}
 
 
 def _orders_by_status(s, stage, late):
