@@ -528,8 +528,8 @@ def _lane_ahead(s, found, now):
     """{row id: the due rows of its lane not younger than it} for the rows found, in one read of the
     found lanes' due rows up to the youngest found (locked ones included: SKIP LOCKED left them out
     of ``found``). Counted by bisection: a lane of a unit told of every appeal in a burst holds
-    hundreds of due rows, and comparing each found row with each of them cost notify a tenth of
-    its CPU."""
+    hundreds of due rows, and comparing each found row with each of them took a tenth of notify's
+    profile samples."""
     lanes = sorted({r.lane for r in found if r.lane is not None and r.occurred_at is not None})
     if not lanes:
         return {r.id: 0 for r in found}
