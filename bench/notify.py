@@ -23,6 +23,7 @@ import http.server
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -198,7 +199,7 @@ def main():
         db_url, database = new_postgres_database("wuji_bench_notify")
     else:
         db_url = f"sqlite:///{work / 'notify.db'}"
-    procs = []
+    procs, finished = [], False
     try:
         upgrade(ROOT / "services/notify/notify/migrations", db_url)
         uow = unit_of_work_for("notify", metadata, db_url)
@@ -270,6 +271,7 @@ def main():
               f"(baseline {result['baseline_per_s']} req/s, ratio {result['ratio']}); added latency p50 "
               f"{result['p50_ms']} ms, p99 {result['p99_ms']} ms; repeats received: {doubled}")
         print(json.dumps(result))
+        finished = True
     finally:
         for proc in procs:
             proc.terminate()
@@ -282,6 +284,11 @@ def main():
         rabbitmqctl("delete_vhost", vhost)
         if database:
             drop_postgres_database(database)
+        # notify's log and what the receiver got: kept only when the run did not finish
+        if finished:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"notify's log is kept in {work / 'notify.log'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
