@@ -7,11 +7,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from openpyxl import load_workbook
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from metrics import assessment, handlers
-from metrics.models import EventLog
+from metrics.models import EventLog, metadata
 from metrics.simulate import simulate_month
+from wuji_common.cli import unit_of_work_for
 from wuji_common.errors import ValidationError
 from wuji_common.events import CHINA_TIME, make_event
 
@@ -174,3 +175,22 @@ def test_the_table_exports_to_xlsx_and_csv_with_chinese_headers_and_no_formulas(
         lines = list(csv.reader(f))
     assert lines[0] == header and lines[1][2].startswith("'=") and len(lines) == len(rows) + 1
     assert not any(cell.startswith(("=", "+", "@")) for line in lines for cell in line)
+
+
+def test_the_simulate_command_records_the_month_and_prints_its_table(tmp_path, capsys):
+    """``metrics simulate`` records the simulated month in batches; the table it stores is the one
+    the simulated history gives, and it prints it."""
+    from metrics import cli
+    url = f"sqlite:///{tmp_path / 'simulated.db'}"
+    with pytest.raises(SystemExit) as done:
+        cli.main(["simulate", "--month", "2026-11", "--seed", "11", "--appeals", "60", "--db-url", url])
+    assert done.value.code == 0
+    history = simulate_month("2026-11", seed=11, appeals=60)
+    uow = unit_of_work_for("metrics", metadata, url)
+    with uow:
+        assert uow.session.execute(select(func.count()).select_from(EventLog)).scalar() == len(history)
+    stored = assessment.assessment(unit_of_work_for("metrics", metadata, url), "2026-11", "unit")["rows"]
+    assert stored == assessment.assess(history, "2026-11", "unit", WEIGHTS, names=handlers.group_names("unit"))
+    printed = capsys.readouterr().out
+    assert f"{len(history)} events of 60 simulated appeals (seed 11)" in printed
+    assert str(stored[0]["group"]) in printed
