@@ -8,6 +8,7 @@
 - :func:`rebuild` replays the event log into fresh facts (after a change of a fold, or to repair).
 """
 import logging
+from collections import Counter
 from datetime import timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -329,12 +330,12 @@ def _appeals_received(s):
     """The appeals received per town by channel and per town by category, in one pass over the
     appeals (one row per appeal, kept for good) instead of two."""
     a = AppealFact
-    by_channel, by_category = {}, {}
+    by_channel, by_category = Counter(), Counter()
     for town, channel, category, n in s.execute(
             select(a.town_code, a.channel, a.category, func.count()).where(a.received_at.is_not(None))
             .group_by(a.town_code, a.channel, a.category)):
-        by_channel[(town, channel)] = by_channel.get((town, channel), 0) + n
-        by_category[(town, category)] = by_category.get((town, category), 0) + n
+        by_channel[(town, channel)] += n
+        by_category[(town, category)] += n
     return {"appeals_received": list(by_channel.items()), "appeals_by_category": list(by_category.items())}
 
 
@@ -343,19 +344,16 @@ def _orders_by_status(s, stage, late):
     the orders (one per appeal and more, kept for good) instead of four."""
     o = OrderFact
     overdue = case((late, stage), else_=None)
-    series = {"orders_by_status": {}, "orders_overdue": {}, "unit_orders_by_status": {},
-              "unit_orders_overdue": {}}
-
-    def add(name, key, n):
-        series[name][key] = series[name].get(key, 0) + n
+    series = {name: Counter() for name in ("orders_by_status", "orders_overdue", "unit_orders_by_status",
+                                           "unit_orders_overdue")}
     for town, unit, status, overdue_stage, n in s.execute(
             select(o.town_code, o.unit_code, o.status, overdue, func.count())
             .group_by(o.town_code, o.unit_code, o.status, overdue)):
-        add("orders_by_status", (town, status), n)
-        add("unit_orders_by_status", (unit, status), n)
+        series["orders_by_status"][(town, status)] += n
+        series["unit_orders_by_status"][(unit, status)] += n
         if overdue_stage is not None:
-            add("orders_overdue", (town, overdue_stage), n)
-            add("unit_orders_overdue", (unit, overdue_stage), n)
+            series["orders_overdue"][(town, overdue_stage)] += n
+            series["unit_orders_overdue"][(unit, overdue_stage)] += n
     return {name: list(counts.items()) for name, counts in series.items()}
 
 
@@ -400,7 +398,7 @@ class LogCounts:
 
     def __init__(self, settle_seconds=300, recount_seconds=3600):
         self.settle_seconds, self.recount_seconds = settle_seconds, recount_seconds
-        # (settled counts {series: {key: n}}, id of the last settled row, when counted from scratch):
+        # (settled counts {series: Counter}, id of the last settled row, when counted from scratch):
         # replaced whole, so that two snapshots taken at once each see a consistent state
         self.state = None
 
@@ -420,12 +418,12 @@ class LogCounts:
 
 
 def _added(counts, rows):
-    """``counts`` ({series: {key: n}}) plus ``rows`` ({series: [(key, n)]}), as a new dict."""
-    total = {name: dict(keyed) for name, keyed in counts.items()}
+    """``counts`` ({series: Counter}) plus ``rows`` ({series: [(key, n)]}), as a new dict."""
+    total = {name: Counter(keyed) for name, keyed in counts.items()}
     for name, pairs in rows.items():
-        keyed = total.setdefault(name, {})
+        keyed = total.setdefault(name, Counter())
         for key, n in pairs:
-            keyed[key] = keyed.get(key, 0) + n
+            keyed[key] += n
     return total
 
 

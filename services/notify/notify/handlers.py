@@ -530,14 +530,13 @@ def _lane_ahead(s, found, now):
     of ``found``). Counted by bisection: a lane of a unit told of every appeal in a burst holds
     hundreds of due rows, and comparing each found row with each of them took a tenth of notify's
     profile samples."""
-    lanes = sorted({r.lane for r in found if r.lane is not None and r.occurred_at is not None})
-    if not lanes:
+    dated = [r for r in found if r.lane is not None and r.occurred_at is not None]
+    if not dated:
         return {r.id: 0 for r in found}
-    youngest = max(r.occurred_at for r in found if r.lane is not None and r.occurred_at is not None)
     due = {}  # lane → ([occurred_at], {row id})
     for lane, occurred_at, row_id in s.execute(select(D.c.lane, D.c.occurred_at, D.c.id).where(
-            D.c.lane.in_(lanes), D.c.status == PENDING, D.c.next_attempt_at <= now,
-            D.c.occurred_at <= youngest)):
+            D.c.lane.in_(sorted({r.lane for r in dated})), D.c.status == PENDING, D.c.next_attempt_at <= now,
+            D.c.occurred_at <= max(r.occurred_at for r in dated))):
         times, ids = due.setdefault(lane, ([], set()))
         times.append(occurred_at)
         ids.add(row_id)

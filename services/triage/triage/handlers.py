@@ -123,13 +123,14 @@ def dispatch_appeals(uow, router, consumer, envelopes, now=None, index=None, on_
                 fresh.discard(envelope["event_id"])  # the same event twice in one batch: once
                 handled.append(n)
         if handled:
+            handled_envelopes, handled_payloads = [envelopes[n] for n in handled], [payloads[n] for n in handled]
             changes = index.changes if index is not None else None  # as it stands when asked
-            before = _stored_neighbours(router, index, [envelopes[n] for n in handled],
-                                        [payloads[n] for n in handled], [signatures[n] for n in handled])
+            before = _stored_neighbours(router, index, handled_envelopes, handled_payloads,
+                                        [signatures[n] for n in handled])
             batch["neighbours_before"] = (changes, before)
             # what the batch's appeals ask of the database, read once for all of them
-            _read_for_batch(uow, [envelopes[n]["case_no"] for n in handled], [payloads[n] for n in handled],
-                            batch, {c for found in before.values() for c, _ in found})
+            _read_for_batch(uow, [e["case_no"] for e in handled_envelopes], handled_payloads, batch,
+                            {c for found in before.values() for c, _ in found})
         for n in handled:
             results[n] = _dispatch(uow, router, index, envelopes[n], payloads[n], assessments[n],
                                    signatures[n], now, batch)
