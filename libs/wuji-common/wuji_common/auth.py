@@ -36,9 +36,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import Rpc, rpc as nameko_rpc
+from nameko.rpc import Rpc
 from nameko.web.handlers import HttpRequestHandler
 
+from wuji_common import entrypoints
 from wuji_common.errors import EXPECTED, Forbidden, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -549,5 +550,5 @@ def rpc(roles, expected_exceptions=EXPECTED, **kwargs):
         # nameko checks arguments (and redacts sensitive ones) against the signature
         authorised.__signature__ = inspect.signature(method)
         authorised.allowed_roles = roles
-        return nameko_rpc(expected_exceptions=expected_exceptions, **kwargs)(authorised)
+        return entrypoints.Rpc.decorator(expected_exceptions=expected_exceptions, **kwargs)(authorised)
     return decorate

@@ -24,6 +24,7 @@ from prometheus_client import start_http_server
 
 from wuji_common import auth, metrics
 from wuji_common.db import UnitOfWork, make_engine, session_factory
+from wuji_common.entrypoints import PromptReplyListener
 from wuji_common.errors import EXPECTED, RpcTimeout
 from wuji_common.relay import BatchPublisher, OutboxRelay
 
@@ -338,6 +339,8 @@ class BoundedRpcProxy(RpcProxy):
     """RpcProxy whose calls give up after ``timeout`` seconds; the request message expires too, so
     a stopped service does not run stale calls when it starts again. Calls carry the service's own
     token (config ``SERVICE_TOKEN``, else ``$WUJI_SERVICE_TOKEN_<SERVICE>``)."""
+
+    rpc_reply_listener = PromptReplyListener()
 
     def __init__(self, target_service, timeout=None, **options):
         super().__init__(target_service, **options)

@@ -17,6 +17,9 @@ the handler what has arrived (up to ``EVENT_BATCH_SIZE``, waiting at most ``EVEN
 for more), so that one transaction and one commit serve many events. The batch is acked after the
 handler returned; if it raised, every event of the batch is handled again on its own, so that a poison
 message goes to retry and dead-letter alone and the others are not held back.
+
+Every consumer here (these handlers, :class:`Rpc` under ``auth.rpc``, the RPC proxies' replies) runs
+on :class:`PromptQueueConsumer`, so that a service stops in well under a second.
 """
 import logging
 from functools import partial
@@ -30,6 +33,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.containers import ContainerBeingKilled
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
+from nameko.rpc import ReplyListener, Rpc as NamekoRpc, RpcConsumer
 
 from wuji_common import metrics
 from wuji_common.errors import WujiError
@@ -62,7 +66,42 @@ def retry_queues(queue_name, delays, service_name):
     return queues
 
 
+# kombu's consumer loop looks at its stop flag between drains, and a drain waits up to a second
+# when no message comes. nameko's stop takes three such turns per queue consumer (cancel the
+# entrypoints' consumers, then the reply listener's, then leave the loop): 2-3 s for every service,
+# every stop (a Ctrl-C, a rolling restart, each test's teardown). Short drains make a stop take a
+# fraction of a second, for five wake-ups a second of an idle consumer (measured: the five idle
+# services went from 1.6% to 2.8% of a core in all).
+STOP_POLL_SECONDS = 0.2
+
+
+class PromptQueueConsumer(QueueConsumer):
+    """nameko's queue consumer (one connection per container, shared by the RPC entrypoints, the RPC
+    proxies' reply listener and the event handlers), which notices a stop within
+    :data:`STOP_POLL_SECONDS`."""
+
+    def consume(self, *args, **kwargs):
+        kwargs["safety_interval"] = STOP_POLL_SECONDS
+        return super().consume(*args, **kwargs)
+
+
+class PromptRpcConsumer(RpcConsumer):
+    queue_consumer = PromptQueueConsumer()
+
+
+class Rpc(NamekoRpc):
+    """nameko's RPC entrypoint on the :class:`PromptQueueConsumer`."""
+    rpc_consumer = PromptRpcConsumer()
+
+
+class PromptReplyListener(ReplyListener):
+    """The RPC proxies' reply listener on the :class:`PromptQueueConsumer`."""
+    queue_consumer = PromptQueueConsumer()
+
+
 class ReliableEventHandler(EventHandler):
+
+    queue_consumer = PromptQueueConsumer()
 
     def setup(self):
         super().setup()
@@ -124,7 +163,7 @@ DEFAULT_BATCH_LINGER_MS = 3
 DEFAULT_BATCHES_IN_FLIGHT = 2
 
 
-class BatchQueueConsumer(QueueConsumer):
+class BatchQueueConsumer(PromptQueueConsumer):
     """nameko's queue consumer (a connection of its own per container) with a prefetch big enough to
     fill every batch in flight: nameko's gives each queue ``max_workers`` unacked messages, which
     would cap a batch at ten, and a prefetch of one batch would leave the other batches in flight
