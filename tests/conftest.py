@@ -12,26 +12,20 @@ def mailbox(tmp_path):
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def platform(request, amqp_vhost, tmp_path, mailbox):
-    """All five services as processes, on a vhost and databases of this test's own."""
+def platform(request, amqp_vhost, tmp_path, mailbox, database_templates):
+    """All five services as processes, on a vhost and databases of this test's own (copies of the
+    session's prepared ones)."""
     import uuid
-    from wuji_common.testing import AMQP_HOST, _rabbitmqctl, drop_postgres_database, new_postgres_database
+    from wuji_common.testing import AMQP_HOST, _rabbitmqctl, drop_postgres_database
     vhost = f"{amqp_vhost}-{uuid.uuid4().hex[:6]}"
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    databases = []
-    if request.param == "sqlite":
-        db_urls = Platform.sqlite_urls(tmp_path)
-    else:
-        db_urls = {}
-        for service in ("intake", "triage", "enforcement", "notify", "metrics"):
-            db_urls[service], name = new_postgres_database(f"wuji_e2e_{service}")
-            databases.append(name)
+    db_urls, databases = database_templates.copy(request.param, tmp_path)
     p = Platform(f"{AMQP_HOST}/{vhost}", db_urls, tmp_path / "log",
                  env=mailbox.env())
     p.mailbox = mailbox
     try:
-        p.prepare()
+        p.prepare(databases=False)
         p.start()
         yield p
     finally:

@@ -29,18 +29,19 @@ def vhost_uri(amqp_vhost):
 
 @pytest.fixture
 def run_platform(vhost_uri, tmp_path, mailbox):
-    """``run_platform(db_urls, instances=1, max_workers=None)``: prepares the databases and queues once, then starts
+    """``run_platform(db_urls, instances=1, max_workers=None, copied=False)``: prepares the databases
+    (unless they are ``copied`` from prepared ones) and queues once, then starts
     ``instances`` copies of all five services (one Platform each: its own API and metrics ports,
     logs under log/<n>/); returns the list of Platforms. Everything is stopped at the end."""
     started = []
 
-    def run(db_urls, instances=1, max_workers=None):
+    def run(db_urls, instances=1, max_workers=None, copied=False):
         env = {**FAST, **mailbox.env()}
         if max_workers:
             env.update({f"{service.upper()}_MAX_WORKERS": str(max_workers) for service in SERVICES})
         platforms = [Platform(vhost_uri, db_urls, tmp_path / "log" / str(n), env=env)
                      for n in range(1, instances + 1)]
-        platforms[0].prepare()
+        platforms[0].prepare(databases=not copied)
         for platform in platforms:
             platform.mailbox = mailbox
             platform.start(wait=False)

@@ -70,8 +70,8 @@ def eventually(probe, timeout=30, what="condition"):
 
 
 @pytest.mark.slow
-def test_every_metrics_endpoint_shows_what_the_loop_did(run_platform, tmp_path):
-    [platform] = run_platform(Platform.sqlite_urls(tmp_path))
+def test_every_metrics_endpoint_shows_what_the_loop_did(run_platform, tmp_path, database_templates):
+    [platform] = run_platform(database_templates.copy("sqlite", tmp_path)[0], copied=True)
     cases = [post(f"{platform.api}/api/v1/appeals", appeal(n))["case_no"] for n in range(APPEALS)]
 
     with ClusterRpcProxy({"AMQP_URI": platform.amqp_uri}, timeout=20) as rpc:

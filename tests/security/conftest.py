@@ -9,9 +9,10 @@ from wuji_common.testing_helpers import eventually, http_json, rpc_as_role
 
 
 @pytest.fixture(scope="module")
-def secured(amqp_vhost, tmp_path_factory):
+def secured(amqp_vhost, tmp_path_factory, database_templates):
     """The platform as processes on a vhost and SQLite databases of this module's own."""
-    with running_platform(amqp_vhost, tmp_path_factory.mktemp("security"), "sec") as platform:
+    with running_platform(amqp_vhost, tmp_path_factory.mktemp("security"), "sec",
+                          templates=database_templates) as platform:
         yield platform
 
 

@@ -188,9 +188,10 @@ def test_callers_without_a_unit_or_oversight_cannot_read_the_log(intake_uow, rol
 # --- every audited entrypoint, called for real, leaves its row ----------------------------------
 
 @pytest.fixture(scope="module")
-def platform(amqp_vhost, tmp_path_factory):
+def platform(amqp_vhost, tmp_path_factory, database_templates):
     with running_platform(amqp_vhost, tmp_path_factory.mktemp("audit"), "audit",
-                          env={"OPEN311_API_KEYS": f"audit-test:{OPEN311_KEY}"}) as p:
+                          env={"OPEN311_API_KEYS": f"audit-test:{OPEN311_KEY}"},
+                          templates=database_templates) as p:
         yield p
 
 

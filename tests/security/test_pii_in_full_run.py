@@ -32,8 +32,9 @@ SECRETS = [value for person in PEOPLE for value in person.values()]
 
 
 @pytest.fixture(scope="module")
-def run(amqp_vhost, tmp_path_factory):
-    with running_platform(amqp_vhost, tmp_path_factory.mktemp("pii"), "pii") as platform:
+def run(amqp_vhost, tmp_path_factory, database_templates):
+    with running_platform(amqp_vhost, tmp_path_factory.mktemp("pii"), "pii",
+                          templates=database_templates) as platform:
         yield platform
 
 

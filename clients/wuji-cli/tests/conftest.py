@@ -6,6 +6,7 @@ from wuji_common.testing import running_platform
 
 
 @pytest.fixture(scope="module")
-def platform(amqp_vhost, tmp_path_factory):
-    with running_platform(amqp_vhost, tmp_path_factory.mktemp("wuji-cli"), "cli", mailbox=False) as running:
+def platform(amqp_vhost, tmp_path_factory, database_templates):
+    with running_platform(amqp_vhost, tmp_path_factory.mktemp("wuji-cli"), "cli", mailbox=False,
+                          templates=database_templates) as running:
         yield running

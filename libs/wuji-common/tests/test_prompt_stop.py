@@ -59,7 +59,7 @@ def test_every_queue_consumer_of_the_platforms_extensions_drains_briefly():
 
 
 def test_a_started_container_answers_then_stops_with_its_consumers_cancelled(vhost_uri):
-    container = ServiceContainer(Echo, {"AMQP_URI": vhost_uri})
+    container = ServiceContainer(Echo, {"AMQP_URI": vhost_uri, "SERVICE_TOKEN": "echo-token"})
     container.start()
     try:
         with ServiceRpcProxy("echo", {"AMQP_URI": vhost_uri}, timeout=10) as echo:

@@ -178,12 +178,13 @@ class Platform:
             raise RuntimeError(f"{' '.join(map(str, args))} failed:\n{result.stdout}{result.stderr}")
         return result.stdout.strip()
 
-    def prepare(self):
+    def prepare(self, databases=True, queues=True):
         """Migrate every database, load reference data and declare every queue; returns the last
         line each step printed (a service's reference load, then the declaration). Most of each
         step is a Python process importing its service (about two seconds), so each service
         migrates and loads in one process, and the services' steps run side by side (each has its
-        own database)."""
+        own database). ``databases=False``: the queues only (for databases copied from prepared
+        ones: ``wuji_common.testing.DatabaseTemplates``); ``queues=False``: the databases only."""
         def migrate_and_load(service):
             said = self._step(BIN / service, "db", "upgrade", "--load-reference",
                               "--db-url", self.db_url(service))
@@ -194,8 +195,9 @@ class Platform:
                               *[service_class(s) for s in SERVICES])
 
         with ThreadPoolExecutor(max_workers=len(SERVICES) + 1) as pool:
-            steps = [pool.submit(migrate_and_load, service) for service in SERVICES]
-            steps.append(pool.submit(declare))
+            steps = [pool.submit(migrate_and_load, service) for service in SERVICES] if databases else []
+            if queues:
+                steps.append(pool.submit(declare))
             return [step.result() for step in steps]   # in order; the first failure raises
 
     def start(self, *services, wait=True):
