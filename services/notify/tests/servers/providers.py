@@ -22,6 +22,7 @@ class Request:
     ok: bool          # the server's own check (signature, token, template fields) passed
     at: float
     status: int
+    complete: bool = True   # the whole body arrived (a sender killed mid-request cuts it short)
 
     def json(self):
         return json.loads(self.body.decode("utf-8"))
@@ -49,7 +50,8 @@ class HttpProvider:
             protocol_version = "HTTP/1.1"
 
             def _serve(self, method):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                length = int(self.headers.get("Content-Length", 0) or 0)
+                body = self.rfile.read(length)
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 headers = dict(self.headers.items())
@@ -57,7 +59,8 @@ class HttpProvider:
                     time.sleep(provider.delay)
                 with provider.lock:
                     status, answer, ok = provider.answer(method, url.path, query, headers, body)
-                    provider.requests.append(Request(url.path, query, headers, body, ok, time.time(), status))
+                    provider.requests.append(Request(url.path, query, headers, body, ok, time.time(), status,
+                                                     complete=len(body) == length))
                 payload = json.dumps(answer).encode() if answer is not None else b""
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
