@@ -3,7 +3,6 @@ when delivered twice, and a poison event in a batch goes to retry and dead-lette
 others of its batch are applied."""
 import json
 import time
-import uuid
 
 import pytest
 from kombu import Connection
@@ -14,7 +13,7 @@ from wuji_common.db import UnitOfWork, add_reliability_tables, make_engine, sess
 from wuji_common.dependencies import Database
 from wuji_common.entrypoints import batch_event_handler
 from wuji_common.events import make_event
-from wuji_common.testing import AMQP_HOST, _rabbitmqctl
+from wuji_common.testing import own_vhost
 from nameko.standalone.events import get_event_exchange
 
 metadata = MetaData()
@@ -41,11 +40,8 @@ class Listener:
 
 @pytest.fixture
 def vhost_uri():
-    vhost = f"wuji-test-batch-{uuid.uuid4().hex[:8]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"{AMQP_HOST}/{vhost}"
-    _rabbitmqctl("delete_vhost", vhost)
+    with own_vhost("wuji-test-batch") as uri:
+        yield uri
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """A container stops within a few short drains, not kombu's one-second ones: every queue consumer of a
 container built from the platform's entrypoints and proxies is a PromptQueueConsumer, and a started
 container answers, then stops with its consumers cancelled and their loops ended (real broker)."""
-import uuid
 
 import pytest
 from kombu import Connection
@@ -13,7 +12,7 @@ from wuji_common.dependencies import BoundedRpcProxy
 from wuji_common.entrypoints import (
     STOP_POLL_SECONDS, PromptQueueConsumer, Rpc, batch_event_handler, event_handler,
 )
-from wuji_common.testing import AMQP_HOST, _rabbitmqctl
+from wuji_common.testing import own_vhost
 
 
 class Echo:
@@ -39,11 +38,8 @@ class Echo:
 
 @pytest.fixture
 def vhost_uri():
-    vhost = f"wuji-test-stop-{uuid.uuid4().hex[:8]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"{AMQP_HOST}/{vhost}"
-    _rabbitmqctl("delete_vhost", vhost)
+    with own_vhost("wuji-test-stop") as uri:
+        yield uri
 
 
 def queue_consumers(container):

@@ -75,6 +75,18 @@ def _rabbitmqctl(*args):
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
+@contextmanager
+def own_vhost(prefix):
+    """The URI of a RabbitMQ vhost of the caller's own (``<prefix>-<random>``), deleted afterwards."""
+    vhost = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"{AMQP_HOST}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
 class DatabaseTemplates:
     """The five platform databases, migrated and loaded with reference data once per test session
     and backend (by the services' own ``db upgrade --load-reference``, as :meth:`Platform.prepare`
