@@ -21,6 +21,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from nameko.exceptions import UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from wuji_common import auth
@@ -46,9 +47,14 @@ def http(method, url, body=None, headers=None):
 
 
 def wait_for(what, probe, timeout=20):
+    """``probe()``'s value once it is true. A service that has not attached to the broker yet (run
+    right after `make run` was started: the API answers before triage does) counts as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = probe()
+        try:
+            value = probe()
+        except UnknownService:
+            value = None
         if value:
             return value
         time.sleep(0.2)
