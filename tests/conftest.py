@@ -15,21 +15,16 @@ def mailbox(tmp_path):
 def platform(request, amqp_vhost, tmp_path, mailbox, database_templates):
     """All five services as processes, on a vhost and databases of this test's own (copies of the
     session's prepared ones)."""
-    import uuid
-    from wuji_common.testing import AMQP_HOST, _rabbitmqctl, drop_postgres_database
-    vhost = f"{amqp_vhost}-{uuid.uuid4().hex[:6]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    db_urls, databases = database_templates.copy(request.param, tmp_path)
-    p = Platform(f"{AMQP_HOST}/{vhost}", db_urls, tmp_path / "log",
-                 env=mailbox.env())
-    p.mailbox = mailbox
-    try:
-        p.prepare(databases=False)
-        p.start()
-        yield p
-    finally:
-        p.stop()
-        for name in databases:
-            drop_postgres_database(name)
-        _rabbitmqctl("delete_vhost", vhost)
+    from wuji_common.testing import drop_postgres_database, own_vhost
+    with own_vhost(amqp_vhost) as amqp_uri:
+        db_urls, databases = database_templates.copy(request.param, tmp_path)
+        p = Platform(amqp_uri, db_urls, tmp_path / "log", env=mailbox.env())
+        p.mailbox = mailbox
+        try:
+            p.prepare(databases=False)
+            p.start()
+            yield p
+        finally:
+            p.stop()
+            for name in databases:
+                drop_postgres_database(name)

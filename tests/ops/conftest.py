@@ -1,12 +1,11 @@
 """Fixtures of the operations tests: a broker vhost of the test's own, and a way to run the platform
 as real processes — once, or as several instances of every service sharing one broker and one set
 of databases (each instance its own API and metrics ports and its own logs)."""
-import uuid
 
 import pytest
 
 from wuji_common.local_platform import SERVICES, Platform
-from wuji_common.testing import AMQP_HOST, _rabbitmqctl
+from wuji_common.testing import own_vhost
 
 # quick timers, so that a test sees the series, the sweeps and the deadlines within seconds; the
 # keyword router (no model to load: ten processes start on two cores)
@@ -20,11 +19,8 @@ FAST = {
 
 @pytest.fixture
 def vhost_uri(amqp_vhost):
-    vhost = f"{amqp_vhost}-ops-{uuid.uuid4().hex[:6]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"{AMQP_HOST}/{vhost}"
-    _rabbitmqctl("delete_vhost", vhost)
+    with own_vhost(f"{amqp_vhost}-ops") as uri:
+        yield uri
 
 
 @pytest.fixture

@@ -40,28 +40,24 @@ def intake_api(amqp_vhost, tmp_path_factory):
     from nameko.containers import ServiceContainer
 
     from intake.service import IntakeService
-    from wuji_common.testing import AMQP_HOST, _rabbitmqctl
+    from wuji_common.testing import own_vhost
     from wuji_common.topology import declare
 
-    vhost = f"{amqp_vhost}-abuse-{uuid.uuid4().hex[:6]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    amqp_uri = f"{AMQP_HOST}/{vhost}"
     url = f"sqlite:///{tmp_path_factory.mktemp('abuse') / 'intake.db'}"
     upgrade(ROOT / "services/intake/intake/migrations", url)
     engine = make_engine(url)
     handlers.load_divisions(UnitOfWork(session_factory(engine), metadata, "intake"), list(reference.divisions()))
     port = free_port()
-    declare(amqp_uri, [IntakeService], retry_delays=[0.2, 0.5])
-    container = ServiceContainer(IntakeService, {
-        "AMQP_URI": amqp_uri, "DB_URL": url, "METRICS_PORT": 0, "CITIZEN_KEY": "k",
-        "WEB_SERVER_ADDRESS": f"127.0.0.1:{port}", "OPEN311_API_KEYS": f"abuse:{OPEN311_KEY}",
-        "RATE_LIMIT_PER_IP": PER_IP, "RATE_LIMIT_PER_PHONE": PER_PHONE, "EVENT_RETRY_DELAYS": [0.2]})
-    container.start()
-    yield f"http://127.0.0.1:{port}"
-    container.stop()
+    with own_vhost(f"{amqp_vhost}-abuse") as amqp_uri:
+        declare(amqp_uri, [IntakeService], retry_delays=[0.2, 0.5])
+        container = ServiceContainer(IntakeService, {
+            "AMQP_URI": amqp_uri, "DB_URL": url, "METRICS_PORT": 0, "CITIZEN_KEY": "k",
+            "WEB_SERVER_ADDRESS": f"127.0.0.1:{port}", "OPEN311_API_KEYS": f"abuse:{OPEN311_KEY}",
+            "RATE_LIMIT_PER_IP": PER_IP, "RATE_LIMIT_PER_PHONE": PER_PHONE, "EVENT_RETRY_DELAYS": [0.2]})
+        container.start()
+        yield f"http://127.0.0.1:{port}"
+        container.stop()
     engine.dispose()
-    _rabbitmqctl("delete_vhost", vhost)
 
 
 def test_a_flood_of_appeals_from_one_address_is_answered_429_with_retry_after(intake_api):

@@ -25,7 +25,7 @@ def test_copies_hold_the_prepared_reference_data_and_are_independent(backend, tm
         made += names
         second, names = templates.copy(backend, tmp_path / "second")
         made += names
-        prepared = templates._template(backend)
+        prepared = templates.prepared(backend)
         for service, url in first.items():
             counts = row_counts(url)
             assert counts == row_counts(prepared[service]), service

@@ -99,9 +99,10 @@ class DatabaseTemplates:
     def __init__(self, folder):
         self.folder = Path(folder)
         self._prepared = {}      # backend → {service: template URL}
-        self._postgres = []      # template databases to drop at the end
+        self._postgres = {}      # service → template database name (dropped at the end)
 
-    def _template(self, backend):
+    def prepared(self, backend):
+        """{service: URL} of the prepared databases on ``backend``, made on first use."""
         from wuji_common.local_platform import SERVICES, Platform
         if backend not in self._prepared:
             if backend == "sqlite":
@@ -110,8 +111,7 @@ class DatabaseTemplates:
             else:
                 urls = {}
                 for service in SERVICES:
-                    urls[service], name = new_postgres_database(f"wuji_template_{service}")
-                    self._postgres.append(name)
+                    urls[service], self._postgres[service] = new_postgres_database(f"wuji_template_{service}")
             Platform("amqp://unused", urls, self.folder / "log" / backend).prepare(queues=False)
             self._prepared[backend] = urls
         return self._prepared[backend]
@@ -120,7 +120,7 @@ class DatabaseTemplates:
         """Fresh copies on ``backend`` ("sqlite": files under ``folder``): (service → URL, names of
         the PostgreSQL databases made, for :func:`drop_postgres_database`)."""
         from wuji_common.local_platform import Platform
-        templates = self._template(backend)
+        templates = self.prepared(backend)
         if backend == "sqlite":
             urls = Platform.sqlite_urls(folder)
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -130,13 +130,13 @@ class DatabaseTemplates:
                     source.backup(target)
             return urls, []
         urls, names = {}, []
-        for service, template in templates.items():
-            urls[service], name = new_postgres_database(f"wuji_e2e_{service}", template=template.rsplit("/", 1)[1])
+        for service, template in self._postgres.items():
+            urls[service], name = new_postgres_database(f"wuji_e2e_{service}", template=template)
             names.append(name)
         return urls, names
 
     def drop(self):
-        for name in self._postgres:
+        for name in self._postgres.values():
             drop_postgres_database(name)
 
 
@@ -158,23 +158,20 @@ def running_platform(amqp_vhost, folder, label, env=None, mailbox=True, template
     :class:`DatabaseTemplates`, when given), with a local mailbox unless ``mailbox=False``;
     yields the started Platform (``.vhost``, ``.mailbox``) and stops everything afterwards."""
     from wuji_common.local_platform import Mailbox, Platform
-    vhost = f"{amqp_vhost}-{label}-{uuid.uuid4().hex[:6]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    box = Mailbox(folder).start() if mailbox else None
-    db_urls = templates.copy("sqlite", folder)[0] if templates else Platform.sqlite_urls(folder)
-    platform = Platform(f"{AMQP_HOST}/{vhost}", db_urls, folder / "log",
-                        env={**(box.env() if box else {}), **(env or {})})
-    platform.vhost, platform.mailbox = vhost, box
-    try:
-        platform.prepare(databases=templates is None)
-        platform.start()
-        yield platform
-    finally:
-        platform.stop()
-        if box:
-            box.stop()
-        _rabbitmqctl("delete_vhost", vhost)
+    with own_vhost(f"{amqp_vhost}-{label}") as amqp_uri:
+        box = Mailbox(folder).start() if mailbox else None
+        db_urls = templates.copy("sqlite", folder)[0] if templates else Platform.sqlite_urls(folder)
+        platform = Platform(amqp_uri, db_urls, folder / "log",
+                            env={**(box.env() if box else {}), **(env or {})})
+        platform.vhost, platform.mailbox = amqp_uri.rsplit("/", 1)[1], box
+        try:
+            platform.prepare(databases=templates is None)
+            platform.start()
+            yield platform
+        finally:
+            platform.stop()
+            if box:
+                box.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from intake.models import metadata
 from wuji_common import reference
 from wuji_common.db import UnitOfWork, make_engine, session_factory
 from wuji_common.migrations import upgrade
-from wuji_common.testing import AMQP_HOST, _rabbitmqctl
+from wuji_common.testing import own_vhost
 from wuji_common.testing_helpers import free_port
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "intake" / "migrations"
@@ -42,11 +42,8 @@ OPEN311_API_KEY = "test-key-" + uuid.uuid4().hex[:8]
 @pytest.fixture(scope="module")
 def module_amqp_uri(amqp_vhost):
     """A vhost of the test module's own: its queues' retry settings differ from other suites' ones."""
-    vhost = f"{amqp_vhost}-{uuid.uuid4().hex[:6]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"{AMQP_HOST}/{vhost}"
-    _rabbitmqctl("delete_vhost", vhost)
+    with own_vhost(amqp_vhost) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")

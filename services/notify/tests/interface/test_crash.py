@@ -19,7 +19,7 @@ from notify.service import NotifyService
 from wuji_common.events import make_event
 from wuji_common.migrations import upgrade
 from wuji_common.relay import BatchPublisher
-from wuji_common.testing import AMQP_HOST, _rabbitmqctl
+from wuji_common.testing import own_vhost
 from wuji_common.testing_helpers import free_port
 from wuji_common.topology import declare
 
@@ -53,11 +53,8 @@ def start_notify(env, log):
 @pytest.fixture
 def own_amqp_uri(amqp_vhost):
     """A vhost of this test's own: the process declares its queues with the shipped retry delays."""
-    vhost = f"{amqp_vhost}-crash"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"{AMQP_HOST}/{vhost}"
-    _rabbitmqctl("delete_vhost", vhost)
+    with own_vhost(f"{amqp_vhost}-crash") as uri:
+        yield uri
 
 
 def test_kill_9_mid_batch_loses_nothing_and_doubles_nothing(own_amqp_uri, tmp_path, servers):
