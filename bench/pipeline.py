@@ -10,6 +10,11 @@ village and on every channel, one in ten from someone who wrote before (``varied
 case: a single mass hot spot that every appeal joins.
 
 Prints, in order:
+0. PostgreSQL's durable commit on the idle machine (one-row INSERT + COMMIT, 100 a second for
+   ``--commit-seconds``): p50/p99/p99.9/max and the share of the time a commit would have waited
+   more than 50 ms (the disk of this machine stalls its syncs now and then, whoever writes; every
+   appeal's path commits twice, so that share bounds the latency percentiles any design here can
+   reach);
 1. raw broker: 1 KB persistent messages to a durable queue, publisher confirms collected per window,
    one consumer with manual acks (separate processes);
 2. maximum end-to-end rate: `--appeals` submitted by `--concurrency` clients as fast as they are
@@ -25,7 +30,8 @@ Prints, in order:
    the load driver, the event collector), counted until notify has sent the run's receipts and
    notices too (it may still be sending after the last dispatch: that is work the appeals caused).
 The last line is one JSON object: e2e_per_s, raw_broker_per_s, ratio, p50_ms, p99_ms, cpu_ms_per_appeal,
-paced_cpu_ms_per_appeal, paced_run_queue_ms_per_appeal.
+paced_cpu_ms_per_appeal, paced_run_queue_ms_per_appeal, commit_p99_ms, commit_p999_ms, commit_max_ms,
+commit_stall_share. ``bench/floor.py`` runs the same phases on the machinery without the domain.
 The services run as `make run` runs them: notify and metrics at nice 10 (``--background-nice``).
 Everything runs on this machine's loopback, in a RabbitMQ vhost and PostgreSQL databases of its own,
 removed at the end, as is its work folder (the services' logs, the mail) unless the run failed.
@@ -43,6 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from wuji_common.local_platform import SERVICES, Mailbox, Platform
@@ -81,6 +88,57 @@ def run_queue_seconds(pid):
 def pids_of(pattern):
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
     return [int(p) for p in out if int(p) != os.getpid()]
+
+
+# --- 0. the database's commits on the idle machine -------------------------------------------------
+
+STALL_MS = 50   # the latency target: a commit that waits longer than this alone misses it
+
+
+def commit_latency(seconds, rate=100):
+    """One-row INSERT + COMMIT into a scratch database of its own, ``rate`` times a second for
+    ``seconds``, nothing else of the bench running: the durable commit every appeal's path needs
+    twice (intake registers it, triage writes its order) as this machine's disk allows it.
+
+    Returns p50/p99/p99.9/max (ms) and ``stall_share``: the share of the time during which a commit
+    begun then would have waited more than :data:`STALL_MS` (a probe that took d ms stood in a stall
+    for its first d − STALL_MS ms; the probes follow each other, so their spans tile the time)."""
+    import psycopg2
+    from wuji_common.testing import drop_postgres_database, new_postgres_database
+    url, name = new_postgres_database(f"wuji_bench_{os.getpid()}_commits")
+    try:
+        with psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://")) as conn:
+            cur = conn.cursor()
+            cur.execute("CREATE TABLE probe (id serial PRIMARY KEY, v text)")
+            conn.commit()
+            took, stalled, started = [], 0.0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                t = time.perf_counter()
+                cur.execute("INSERT INTO probe (v) VALUES ('x')")
+                conn.commit()
+                ms = (time.perf_counter() - t) * 1000
+                took.append(ms)
+                stalled += max(0.0, ms - STALL_MS)
+                time.sleep(max(0.0, 1 / rate - ms / 1000))
+            elapsed_ms = (time.perf_counter() - started) * 1000
+        conn.close()
+    finally:
+        drop_postgres_database(name)
+    took.sort()
+    return {"count": len(took), "p50": pct(took, 50), "p99": pct(took, 99), "p999": pct(took, 99.9),
+            "max": took[-1], "over": sum(1 for ms in took if ms > STALL_MS), "stall_share": stalled / elapsed_ms}
+
+
+def report_commit_latency(args):
+    """Phase 0, printed; what :func:`commit_latency` found (None with ``--commit-seconds 0``)."""
+    if not args.commit_seconds:
+        return None
+    c = commit_latency(args.commit_seconds)
+    print(f"PostgreSQL on the idle machine, one-row INSERT + COMMIT ×{c['count']} ({args.commit_seconds:.0f} s): "
+          f"p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms, p99.9 {c['p999']:.1f} ms, max {c['max']:.1f} ms; "
+          f"{c['over']} over {STALL_MS} ms; a commit begun at a random moment waits more than {STALL_MS} ms "
+          f"{c['stall_share']:.1%} of the time (two such commits on every appeal's path)", flush=True)
+    return c
 
 
 # --- 1. raw broker ------------------------------------------------------------------------------------
@@ -268,7 +326,7 @@ def stop_profilers(profilers):
         proc.wait(timeout=60)
 
 
-def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varied"):
+def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varied", settle_with=None):
     from kombu import Connection, Exchange, Queue
     queue = f"bench-dispatched-{uuid.uuid4().hex[:6]}"
     with Connection(platform.amqp_uri) as conn:
@@ -305,7 +363,7 @@ def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varie
     c = collected.get(timeout=900)
     # the run's CPU includes the receipts and notices it caused: notify may still be sending them
     # after the last dispatch, so the snapshot is taken once it has sent everything due
-    sending_after = settle(platform)
+    sending_after = (settle_with or settle)(platform)
     cpu_after = snapshot()
     stop_profilers(profilers)
     coll.join()
@@ -377,9 +435,120 @@ def pct(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def main():
-    # SIGTERM (timeout, kill) must still run the clean-up below, or the services keep running
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+def measure(platform, args, settle_with=settle):
+    """Phases 2 and 3 on a started platform: a warm-up, ``args.repeats`` maximum-rate runs (the
+    median kept) and the paced run at half that rate. ``settle_with(platform, queues=...)`` waits
+    until the last run's work is done (:func:`settle`)."""
+    run_phase(platform, min(500, args.appeals), args.concurrency, kind=args.workload,
+              settle_with=settle_with)  # warm-up
+    runs = []
+    for n in range(args.repeats):
+        settle_with(platform)
+        runs.append(run_phase(platform, args.appeals, args.concurrency, kind=args.workload,
+                              profile=args.profile if n == 0 else None, settle_with=settle_with))
+    runs.sort(key=lambda r: r["rate"])
+    best = runs[len(runs) // 2]
+    e2e = best["rate"]
+    half = e2e / 2
+    waited = settle_with(platform, queues=True)
+    paced = run_phase(platform, max(100, int(half * args.latency_seconds)), args.concurrency, rate=half,
+                      kind=args.workload, settle_with=settle_with)
+    lat = paced["latencies"]
+    # at a steady rate the batches are small and each appeal pays more of their fixed costs than
+    # in the burst: this is what decides whether the machine keeps up at that rate
+    paced_cpu = {name: round(seconds * 1000 / paced["count"], 2)
+                 for name, seconds in sorted(paced["cpu"].items(), key=lambda kv: -kv[1])}
+    # runnable but not running: the cores were busy with the other processes
+    paced_wait = {name: round(seconds * 1000 / paced["count"], 2)
+                  for name, seconds in sorted(paced["waited"].items(), key=lambda kv: -kv[1])}
+    cpu_ms = {name: round(seconds * 1000 / best["count"], 2)
+              for name, seconds in sorted(best["cpu"].items(), key=lambda kv: -kv[1])}
+    return {"e2e": e2e, "runs": runs, "best": best, "half": half, "settled": waited, "paced": paced,
+            "p50": pct(lat, 50), "p99": pct(lat, 99), "paced_cpu_ms": paced_cpu, "paced_wait_ms": paced_wait,
+            "cpu_ms": cpu_ms}
+
+
+def report(m, args):
+    """Prints what :func:`measure` found."""
+    runs, paced, best = m["runs"], m["paced"], m["best"]
+    print(f"end to end, submit → order_dispatched, {args.appeals} {args.workload} appeals × {args.repeats} runs, "
+          f"{args.concurrency} clients: median {m['e2e']:,.1f} appeals/s  "
+          f"(runs: {', '.join(format(r['rate'], ',.1f') for r in runs)}; missing {best['missing']})", flush=True)
+    waited = m["settled"]
+    print(f"the queues emptied and notify sent what the runs left due in {waited:.0f} s" if waited is not None
+          else "the queues had not emptied (or notify sent everything due) after 300 s", flush=True)
+    print(f"latency at half the maximum rate ({m['half']:,.0f}/s, {paced['count']} appeals): "
+          f"p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms, achieved {paced['rate']:,.1f}/s", flush=True)
+    for stage, values in paced["stages"].items():
+        print(f"  {stage}: p50 {pct(values, 50):.1f} ms, p99 {pct(values, 99):.1f} ms", flush=True)
+    print(f"  CPU per appeal at this rate: {sum(m['paced_cpu_ms'].values()):.1f} ms ("
+          + ", ".join(f"{name} {ms:.1f}" for name, ms in m["paced_cpu_ms"].items()) + ")", flush=True)
+    print("  waiting for a CPU per appeal at this rate (ms, run queue): "
+          + ", ".join(f"{name} {ms:.1f}" for name, ms in m["paced_wait_ms"].items()), flush=True)
+    after = best["sending_after"]
+    print("CPU per appeal during the maximum-rate run (ms), until notify had sent its receipts and notices "
+          + (f"({after:.1f} s after the last dispatch):" if after is not None else "(not all within 300 s):"))
+    for name, ms in m["cpu_ms"].items():
+        print(f"  {name:<16} {ms:7.2f}")
+    print(f"  {'total':<16} {sum(m['cpu_ms'].values()):7.2f}", flush=True)
+
+
+@contextmanager
+def bench_vhost():
+    """A RabbitMQ vhost of the run's own (its URI), deleted at the end."""
+    vhost = f"wuji-bench-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"{AMQP_HOST}/{vhost}"
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+@contextmanager
+def postgres_platform(amqp_uri, workdir, background_nice, platform_class=Platform):
+    """A (not yet prepared) platform on PostgreSQL databases of its own and a local mailbox, in
+    ``workdir``; its services stopped and its databases dropped at the end."""
+    prefix = f"wuji_bench_{os.getpid()}_{uuid.uuid4().hex[:4]}"
+    db_urls = Platform.server_urls(PG, prefix)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    mailbox = Mailbox(workdir).start()
+    # intake encrypts contact data: a throwaway key (a Fernet key) unless one is given
+    contact_keys = os.environ.get("WUJI_CONTACT_KEYS") or base64.urlsafe_b64encode(os.urandom(32)).decode()
+    # the local mailbox is no provider with a quota: e-mail at the rate notify can send, so that each
+    # run's CPU includes the sending of its receipts and notices (the default, 10/s, is a quota)
+    platform = platform_class(amqp_uri, db_urls, workdir / "log",
+                              env={**mailbox.env(), "WUJI_CONTACT_KEYS": contact_keys,
+                                   "NOTIFY_RATE_LIMIT_EMAIL": "1000"},
+                              background_nice=background_nice)
+    try:
+        yield platform
+    finally:
+        platform.stop()
+        mailbox.stop()
+        from wuji_common.testing import drop_postgres_database
+        for service in SERVICES:
+            drop_postgres_database(f"{prefix}_{service}")
+
+
+def commit_figures(commits):
+    """:func:`commit_latency`'s figures for a bench's JSON line (none if it did not run)."""
+    if not commits:
+        return {}
+    return {"commit_p99_ms": round(commits["p99"], 2), "commit_p999_ms": round(commits["p999"], 1),
+            "commit_max_ms": round(commits["max"], 1), "commit_stall_share": round(commits["stall_share"], 4)}
+
+
+def report_raw_broker(amqp_uri, args):
+    """Phase 1, printed; the median rate."""
+    raw = [raw_broker_rate(amqp_uri, args.raw_messages) for _ in range(args.repeats)]
+    raw_rate = statistics.median(raw)
+    print(f"raw RabbitMQ publish→consume (1 KB, persistent, confirms per window, manual acks): "
+          f"{raw_rate:,.0f} msg/s  (runs: {', '.join(f'{r:,.0f}' for r in raw)})", flush=True)
+    return raw_rate
+
+
+def parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--appeals", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -390,103 +559,42 @@ def main():
                         help="varied: real messages everywhere (default); same: one mass hot spot")
     parser.add_argument("--background-nice", type=int, default=10,
                         help="niceness of notify and metrics, as make run starts them (default 10; 0: none)")
+    parser.add_argument("--commit-seconds", type=float, default=30,
+                        help="how long to time PostgreSQL's commits before anything else runs (0: skip)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="directory: py-spy samples each service during the first maximum-rate "
                              "run (raw collapsed stacks, <service>.txt); needs py-spy")
-    args = parser.parse_args()
+    return parser
 
-    vhost = f"wuji-bench-{os.getpid()}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    amqp_uri = f"{AMQP_HOST}/{vhost}"
+
+def main():
+    # SIGTERM (timeout, kill) must still run the clean-up below, or the services keep running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args = parser().parse_args()
+
     workdir = Path(tempfile.mkdtemp(prefix="wuji-bench-"))
     finished = False
-    prefix = f"wuji_bench_{os.getpid()}"
-    db_urls = Platform.server_urls(PG, prefix)
-    mailbox = Mailbox(workdir).start()
-    # intake encrypts contact data: a throwaway key (a Fernet key) unless one is given
-    contact_keys = os.environ.get("WUJI_CONTACT_KEYS") or base64.urlsafe_b64encode(os.urandom(32)).decode()
-    # the local mailbox is no provider with a quota: e-mail at the rate notify can send, so that each
-    # run's CPU includes the sending of its receipts and notices (the default, 10/s, is a quota)
-    platform = Platform(amqp_uri, db_urls, workdir / "log",
-                        env={**mailbox.env(), "WUJI_CONTACT_KEYS": contact_keys, "NOTIFY_RATE_LIMIT_EMAIL": "1000"},
-                        background_nice=args.background_nice)
-    try:
-        raw = [raw_broker_rate(amqp_uri, args.raw_messages) for _ in range(args.repeats)]
-        raw_rate = statistics.median(raw)
-        print(f"raw RabbitMQ publish→consume (1 KB, persistent, confirms per window, manual acks): "
-              f"{raw_rate:,.0f} msg/s  (runs: {', '.join(f'{r:,.0f}' for r in raw)})", flush=True)
-
-        platform.prepare()
-        platform.start()
-        run_phase(platform, min(500, args.appeals), args.concurrency, kind=args.workload)  # warm-up
-        runs = []
-        for n in range(args.repeats):
-            settle(platform)
-            runs.append(run_phase(platform, args.appeals, args.concurrency, kind=args.workload,
-                                  profile=args.profile if n == 0 else None))
-        runs.sort(key=lambda r: r["rate"])
-        best = runs[len(runs) // 2]
-        e2e = best["rate"]
-        print(f"end to end, submit → order_dispatched, {args.appeals} {args.workload} appeals × {args.repeats} runs, "
-              f"{args.concurrency} clients: median {e2e:,.1f} appeals/s  "
-              f"(runs: {', '.join(format(r['rate'], ',.1f') for r in runs)}; missing {best['missing']})",
-              flush=True)
-
-        half = e2e / 2
-        waited = settle(platform, queues=True)
-        print(f"the queues emptied and notify sent what the runs left due in {waited:.0f} s" if waited is not None
-              else "the queues had not emptied (or notify sent everything due) after 300 s", flush=True)
-        paced = run_phase(platform, max(100, int(half * args.latency_seconds)), args.concurrency, rate=half,
-                          kind=args.workload)
-        lat = paced["latencies"]
-        p50, p99 = pct(lat, 50), pct(lat, 99)
-        print(f"latency at half the maximum rate ({half:,.0f}/s, {paced['count']} appeals): "
-              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, achieved {paced['rate']:,.1f}/s", flush=True)
-        for stage, values in paced["stages"].items():
-            print(f"  {stage}: p50 {pct(values, 50):.1f} ms, p99 {pct(values, 99):.1f} ms", flush=True)
-        # at a steady rate the batches are small and each appeal pays more of their fixed costs than
-        # in the burst below: this is what decides whether the machine keeps up at that rate
-        paced_cpu = {name: round(seconds * 1000 / paced["count"], 2)
-                     for name, seconds in sorted(paced["cpu"].items(), key=lambda kv: -kv[1])}
-        print(f"  CPU per appeal at this rate: {sum(paced_cpu.values()):.1f} ms ("
-              + ", ".join(f"{name} {ms:.1f}" for name, ms in paced_cpu.items()) + ")", flush=True)
-        # runnable but not running: the cores were busy with the other processes
-        paced_wait = {name: round(seconds * 1000 / paced["count"], 2)
-                      for name, seconds in sorted(paced["waited"].items(), key=lambda kv: -kv[1])}
-        print("  waiting for a CPU per appeal at this rate (ms, run queue): "
-              + ", ".join(f"{name} {ms:.1f}" for name, ms in paced_wait.items()), flush=True)
-
-        after = best["sending_after"]
-        print("CPU per appeal during the maximum-rate run (ms), until notify had sent its receipts and notices "
-              + (f"({after:.1f} s after the last dispatch):" if after is not None else "(not all within 300 s):"))
-        total = 0.0
-        cpu_ms = {}
-        for name, seconds in sorted(best["cpu"].items(), key=lambda kv: -kv[1]):
-            ms = seconds * 1000 / best["count"]
-            cpu_ms[name] = round(ms, 2)
-            total += ms
-            print(f"  {name:<16} {ms:7.2f}")
-        print(f"  {'total':<16} {total:7.2f}")
-        print(f"ratio end-to-end / raw broker: {e2e / raw_rate:.3f}")
-        print(json.dumps({"e2e_per_s": round(e2e, 1), "raw_broker_per_s": round(raw_rate, 1),
-                          "ratio": round(e2e / raw_rate, 4), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
-                          "cpu_ms_per_appeal": cpu_ms, "paced_cpu_ms_per_appeal": paced_cpu,
-                          "paced_run_queue_ms_per_appeal": paced_wait,
-                          "workload": args.workload}, ensure_ascii=False))
-        finished = True
-    finally:
-        platform.stop()
-        mailbox.stop()
-        from wuji_common.testing import drop_postgres_database
-        for service in SERVICES:
-            drop_postgres_database(f"{prefix}_{service}")
-        rabbitmqctl("delete_vhost", vhost)
-        # the services' logs and the mail they sent: kept only when the run did not finish
-        if finished:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"the services' logs are kept in {workdir / 'log'}", file=sys.stderr)
+    commits = report_commit_latency(args)
+    with bench_vhost() as amqp_uri:
+        raw_rate = report_raw_broker(amqp_uri, args)
+        with postgres_platform(amqp_uri, workdir, args.background_nice) as platform:
+            platform.prepare()
+            platform.start()
+            measured = measure(platform, args)
+            report(measured, args)
+            print(f"ratio end-to-end / raw broker: {measured['e2e'] / raw_rate:.3f}")
+            print(json.dumps({"e2e_per_s": round(measured["e2e"], 1), "raw_broker_per_s": round(raw_rate, 1),
+                              "ratio": round(measured["e2e"] / raw_rate, 4), "p50_ms": round(measured["p50"], 1),
+                              "p99_ms": round(measured["p99"], 1), "cpu_ms_per_appeal": measured["cpu_ms"],
+                              "paced_cpu_ms_per_appeal": measured["paced_cpu_ms"],
+                              "paced_run_queue_ms_per_appeal": measured["paced_wait_ms"],
+                              "workload": args.workload, **commit_figures(commits)}, ensure_ascii=False))
+            finished = True
+    # the services' logs and the mail they sent: kept only when the run did not finish
+    if finished:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"the services' logs are kept in {workdir / 'log'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
