@@ -59,30 +59,35 @@ def write_rows(uow, service, consumer, envelopes, then=None):
         uow.commit()
 
 
+def register(uow, bodies):
+    """Intake's part: one row and one ``appeal_received`` per submitted body, in one transaction;
+    what each caller is answered."""
+    table = METADATA["intake"].tables["appeals"]
+    now = utcnow()
+    with uow:
+        rows = []
+        for body in bodies:
+            case_no = uuid.uuid4().hex[:16].upper()
+            location = body.get("location") or {}
+            # the real event's fields (the wire schemas are checked at emit), none of them
+            # personal data
+            data = {"channel": body["channel"], "title": body["title"], "content": body["content"],
+                    "town_code": location["town_code"], "village_code": location.get("village"),
+                    "anonymous": False, "citizen_ref": uuid.uuid4().hex, "received_at": now.isoformat()}
+            rows.append({"case_no": case_no, "data": json.dumps(data, ensure_ascii=False), "created_at": now})
+            uow.emit("appeal_received", case_no, data)
+        uow.session.execute(insert(table), rows)
+        uow.commit()
+    return [{"case_no": row["case_no"], "status": "received"} for row in rows]
+
+
 class AppealWriter(GroupCommit):
     def setup(self):
         super().setup()
         self.database = next(d for d in self.container.dependencies if isinstance(d, Database))
 
     def write_batch(self, bodies):
-        table = METADATA["intake"].tables["appeals"]
-        now = utcnow()
-        with self.database.get_dependency(None)() as uow:
-            rows = []
-            for body in bodies:
-                case_no = uuid.uuid4().hex[:16].upper()
-                location = body.get("location") or {}
-                # the real event's fields (the wire schemas are checked at emit), none of them
-                # personal data
-                data = {"channel": body["channel"], "title": body["title"], "content": body["content"],
-                        "town_code": location["town_code"], "village_code": location.get("village"),
-                        "anonymous": False, "citizen_ref": uuid.uuid4().hex, "received_at": now.isoformat()}
-                rows.append({"case_no": case_no, "data": json.dumps(data, ensure_ascii=False),
-                             "created_at": now})
-                uow.emit("appeal_received", case_no, data)
-            uow.session.execute(insert(table), rows)
-            uow.commit()
-        return [{"case_no": row["case_no"], "status": "received"} for row in rows]
+        return register(self.database.get_dependency(None)(), bodies)
 
 
 class FloorIntake:
@@ -105,7 +110,7 @@ class FloorIntake:
         return "pong"
 
 
-def _dispatch(uow, envelope):
+def dispatch(uow, envelope):
     now = utcnow()
     uow.emit("order_dispatched", envelope["case_no"], {
         "order_no": "W" + envelope["case_no"], "unit_code": "370404101000", "unit_name": "阴平镇人民政府",
@@ -122,7 +127,7 @@ class FloorTriage:
 
     @batch_event_handler("intake", "appeal_received")
     def on_appeal_received(self, envelopes):
-        write_rows(self.uow(), "triage", "triage.on_appeal_received", envelopes, then=_dispatch)
+        write_rows(self.uow(), "triage", "triage.on_appeal_received", envelopes, then=dispatch)
 
     @Rpc.decorator
     def ping(self):
