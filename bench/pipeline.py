@@ -468,15 +468,16 @@ def measure(platform, args, settle_with=settle):
             "cpu_ms": cpu_ms}
 
 
-def report(m, args):
-    """Prints what :func:`measure` found."""
+def report(m, args, settled="notify had sent what the runs left due"):
+    """Prints what :func:`measure` found; ``settled`` says what its ``settle_with`` waited for
+    besides the queues."""
     runs, paced, best = m["runs"], m["paced"], m["best"]
     print(f"end to end, submit → order_dispatched, {args.appeals} {args.workload} appeals × {args.repeats} runs, "
           f"{args.concurrency} clients: median {m['e2e']:,.1f} appeals/s  "
           f"(runs: {', '.join(format(r['rate'], ',.1f') for r in runs)}; missing {best['missing']})", flush=True)
     waited = m["settled"]
-    print(f"the queues emptied and notify sent what the runs left due in {waited:.0f} s" if waited is not None
-          else "the queues had not emptied (or notify sent everything due) after 300 s", flush=True)
+    print(f"the queues had emptied and {settled} after {waited:.0f} s" if waited is not None
+          else f"after 300 s, the queues had not emptied or not yet: {settled}", flush=True)
     print(f"latency at half the maximum rate ({m['half']:,.0f}/s, {paced['count']} appeals): "
           f"p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms, achieved {paced['rate']:,.1f}/s", flush=True)
     for stage, values in paced["stages"].items():
@@ -486,8 +487,8 @@ def report(m, args):
     print("  waiting for a CPU per appeal at this rate (ms, run queue): "
           + ", ".join(f"{name} {ms:.1f}" for name, ms in m["paced_wait_ms"].items()), flush=True)
     after = best["sending_after"]
-    print("CPU per appeal during the maximum-rate run (ms), until notify had sent its receipts and notices "
-          + (f"({after:.1f} s after the last dispatch):" if after is not None else "(not all within 300 s):"))
+    print(f"CPU per appeal during the maximum-rate run (ms), until {settled} "
+          + (f"({after:.1f} s after the last dispatch):" if after is not None else "(not within 300 s):"))
     for name, ms in m["cpu_ms"].items():
         print(f"  {name:<16} {ms:7.2f}")
     print(f"  {'total':<16} {sum(m['cpu_ms'].values()):7.2f}", flush=True)
