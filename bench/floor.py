@@ -18,19 +18,20 @@ platform_p99_ms, platform_vs_floor (the real rate ÷ the floor's), the CPU per a
 commit figures. The services' logs are removed at the end, as is the work folder.
 """
 import json
+import os
 import shutil
 import signal
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import pipeline
 from pipeline import (
-    bench_vhost, commit_figures, measure, postgres_platform, queued_messages, report, report_commit_latency,
-    report_raw_broker,
+    commit_figures, measure, postgres_platform, report, report_commit_latency, report_raw_broker, settle,
 )
 from wuji_common.local_platform import ROOT, Platform
+from wuji_common.testing import own_vhost
 
 FLOOR_SERVICES = ("intake", "triage", "notify", "metrics")
 
@@ -63,21 +64,13 @@ class FloorPlatform(Platform):
         super().start(*(services or FLOOR_SERVICES), wait=wait)
 
 
-def settle_queues(platform, timeout=300, queues=True):
-    """Until every queue of the floor's vhost is empty (it sends no notices); the seconds waited, or
-    None."""
-    vhost = platform.amqp_uri.rsplit("/", 1)[1]
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if queued_messages(vhost) == 0:
-            return time.monotonic() - started
-        time.sleep(0.5)
-    return None
+# until every queue of the floor's vhost is empty: its stand-ins send no notices
+settle_queues = partial(settle, queues=True, deliveries=False)
 
 
 def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    parser = pipeline.parser()
+    parser = pipeline.argument_parser()
     parser.description = __doc__
     parser.set_defaults(appeals=2000, raw_messages=10000, latency_seconds=12)
     parser.add_argument("--floor-only", action="store_true", help="the floor only, not the real platform")
@@ -97,7 +90,7 @@ def main():
 def run(args, workdir):
     """The phases, printed; the figures for the last line."""
     commits = report_commit_latency(args)
-    with bench_vhost() as amqp_uri:
+    with own_vhost(f"wuji-bench-{os.getpid()}") as amqp_uri:
         raw_rate = report_raw_broker(amqp_uri, args)
         print("== the floor: the machinery, no domain work", flush=True)
         with postgres_platform(amqp_uri, workdir / "floor", args.background_nice, FloorPlatform) as floor_platform:
@@ -111,7 +104,7 @@ def run(args, workdir):
                "paced_cpu_ms_per_appeal": floor["paced_cpu_ms"], **commit_figures(commits)}
     if args.floor_only:
         return summary
-    with bench_vhost() as amqp_uri:
+    with own_vhost(f"wuji-bench-{os.getpid()}") as amqp_uri:
         print("== the platform", flush=True)
         with postgres_platform(amqp_uri, workdir / "platform", args.background_nice) as platform:
             platform.prepare()

@@ -53,9 +53,8 @@ def write_rows(uow, service, consumer, envelopes, then=None):
             uow.session.execute(insert(table), [
                 {"case_no": e["case_no"], "data": json.dumps(e["data"], ensure_ascii=False), "created_at": now}
                 for e in fresh])
-            for envelope in fresh:
-                if then:
-                    then(uow, envelope)
+            for envelope in fresh if then else ():
+                then(uow, envelope)
         uow.commit()
 
 

@@ -53,14 +53,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wuji_common.local_platform import SERVICES, Mailbox, Platform
+from wuji_common.testing import own_vhost
 
-AMQP_HOST = "amqp://guest:guest@127.0.0.1:5672"
 PG = "postgresql://postgres@127.0.0.1:5432"
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def rabbitmqctl(*args):
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 def cpu_seconds(pid):
@@ -396,24 +392,29 @@ def run_phase(platform, count, concurrency, rate=None, profile=None, kind="varie
             "waited": waited, "count": count, "sending_after": sending_after, "stages": stages}
 
 
-def settle(platform, timeout=300, queues=False):
+def settle(platform, timeout=300, queues=False, deliveries=True):
     """Wait until notify has sent what is due (the citizens' receipts, the units' notices of the
-    last run): otherwise the next run would pay for the last one's e-mails. With ``queues``, also
+    last run): otherwise the next run would pay for the last one's e-mails (``deliveries=False``: a
+    platform without notify's tables, bench/floor.py's). With ``queues``, also
     until every queue of the run's vhost is empty (metrics' and intake's projections, which nobody
     waits for, may still be working through a burst: a paced run must not share the machine with
     that backlog). Returns the seconds waited, or None if it did not settle in ``timeout``."""
-    import psycopg2
-    url = platform.db_url("notify").replace("postgresql+psycopg2://", "postgresql://")
     vhost = platform.amqp_uri.rsplit("/", 1)[1]
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        with psycopg2.connect(url) as conn, conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()")
-            due = cur.fetchone()[0]
-        if due == 0 and (not queues or queued_messages(vhost) == 0):
+        if (not deliveries or due_deliveries(platform) == 0) and (not queues or queued_messages(vhost) == 0):
             return time.monotonic() - started
         time.sleep(0.5)
     return None
+
+
+def due_deliveries(platform):
+    """Notices notify has due and not sent yet."""
+    import psycopg2
+    url = platform.db_url("notify").replace("postgresql+psycopg2://", "postgresql://")
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()")
+        return cur.fetchone()[0]
 
 
 def queued_messages(vhost):
@@ -495,18 +496,6 @@ def report(m, args, settled="notify had sent what the runs left due"):
 
 
 @contextmanager
-def bench_vhost():
-    """A RabbitMQ vhost of the run's own (its URI), deleted at the end."""
-    vhost = f"wuji-bench-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-    rabbitmqctl("add_vhost", vhost)
-    try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield f"{AMQP_HOST}/{vhost}"
-    finally:
-        rabbitmqctl("delete_vhost", vhost)
-
-
-@contextmanager
 def postgres_platform(amqp_uri, workdir, background_nice, platform_class=Platform):
     """A (not yet prepared) platform on PostgreSQL databases of its own and a local mailbox, in
     ``workdir``; its services stopped and its databases dropped at the end."""
@@ -549,7 +538,7 @@ def report_raw_broker(amqp_uri, args):
     return raw_rate
 
 
-def parser():
+def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--appeals", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -571,12 +560,12 @@ def parser():
 def main():
     # SIGTERM (timeout, kill) must still run the clean-up below, or the services keep running
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    args = parser().parse_args()
+    args = argument_parser().parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="wuji-bench-"))
     finished = False
     commits = report_commit_latency(args)
-    with bench_vhost() as amqp_uri:
+    with own_vhost(f"wuji-bench-{os.getpid()}") as amqp_uri:
         raw_rate = report_raw_broker(amqp_uri, args)
         with postgres_platform(amqp_uri, workdir, args.background_nice) as platform:
             platform.prepare()

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 
-from wuji_common.db import UnitOfWork, session_factory
+from wuji_common.db import UnitOfWork, make_engine, session_factory
 from wuji_common.events import CATALOGUE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ def floor():
 
 
 def unit_of_work(floor, service, url):
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
+    engine = make_engine(url)
     floor.METADATA[service].create_all(engine)
     return engine, lambda: UnitOfWork(session_factory(engine), floor.METADATA[service], service)
 
